@@ -1,0 +1,28 @@
+"""DDColor image colorization (ICCV 2023) in plain PyTorch: exact, fp16-safe, memory-lean.
+
+Public interface::
+
+    model = ddcolor.load_model("ddcolor_modelscope", device="cuda", precision="fp16")
+    colored = ddcolor.colorize(model, images, size=512)   # (B, H, W, 3) in [0, 1]
+"""
+
+from .checkpoint import PUBLISHED, CheckpointError, DownloadError, download
+from .loading import load_model
+from .model import SIZE_MULTIPLE, DDColor, DDColorConfig
+from .pipeline import colorize, snap_size
+from .precision import PRECISIONS, fp32_modules
+
+__all__ = [
+    "PUBLISHED",
+    "PRECISIONS",
+    "SIZE_MULTIPLE",
+    "CheckpointError",
+    "DDColor",
+    "DDColorConfig",
+    "DownloadError",
+    "download",
+    "colorize",
+    "fp32_modules",
+    "load_model",
+    "snap_size",
+]

@@ -1,0 +1,79 @@
+"""sRGB <-> CIE Lab (D65) in torch, agreeing with OpenCV's float ``cvtColor``.
+
+All functions take channels-first tensors ``(*, 3, H, W)``, work on any device
+and dtype, and keep no state. RGB is sRGB in [0, 1]; L is in [0, 100], a and b
+roughly in [-128, 127]. The constants are OpenCV's (the original DDColor
+pipeline converts with ``cv2.COLOR_BGR2Lab`` / ``COLOR_Lab2BGR`` on float images).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Linear sRGB -> XYZ and back (D65), as in OpenCV.
+RGB_TO_XYZ = (
+    (0.412453, 0.357580, 0.180423),
+    (0.212671, 0.715160, 0.072169),
+    (0.019334, 0.119193, 0.950227),
+)
+XYZ_TO_RGB = (
+    (3.240479, -1.53715, -0.498535),
+    (-0.969256, 1.875991, 0.041556),
+    (0.055648, -0.204043, 1.057311),
+)
+WHITE_D65 = (0.950456, 1.0, 1.088754)
+# CIE Lab's linear segment below (6/29)^3.
+EPSILON = 0.008856
+KAPPA_SLOPE = 7.787
+
+
+def _mix(matrix: tuple, x: Tensor) -> Tensor:
+    m = torch.tensor(matrix, dtype=x.dtype, device=x.device)
+    return torch.einsum("ij,...jhw->...ihw", m, x)
+
+
+def srgb_to_linear(rgb: Tensor) -> Tensor:
+    return torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(rgb: Tensor) -> Tensor:
+    return torch.where(rgb <= 0.0031308, rgb * 12.92, 1.055 * rgb.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
+
+
+def rgb_to_lab(rgb: Tensor) -> Tensor:
+    """sRGB (*, 3, H, W) in [0, 1] -> Lab (*, 3, H, W)."""
+    xyz = _mix(RGB_TO_XYZ, srgb_to_linear(rgb))
+    white = torch.tensor(WHITE_D65, dtype=rgb.dtype, device=rgb.device)[:, None, None]
+    t = xyz / white
+    f = torch.where(t > EPSILON, t.clamp(min=EPSILON) ** (1 / 3), KAPPA_SLOPE * t + 16 / 116)
+    fx, fy, fz = f.unbind(-3)
+    lightness = 116 * fy - 16
+    return torch.stack((lightness, 500 * (fx - fy), 200 * (fy - fz)), dim=-3)
+
+
+def lab_to_rgb(lab: Tensor) -> Tensor:
+    """Lab (*, 3, H, W) -> sRGB (*, 3, H, W), clipped to [0, 1] (out-of-gamut colors clip)."""
+    lightness, a, b = lab.unbind(-3)
+    fy = (lightness + 16) / 116
+    f = torch.stack((fy + a / 500, fy, fy - b / 200), dim=-3)
+    t = torch.where(f > 6 / 29, f**3, (f - 16 / 116) / KAPPA_SLOPE)
+    white = torch.tensor(WHITE_D65, dtype=lab.dtype, device=lab.device)[:, None, None]
+    linear = _mix(XYZ_TO_RGB, t * white).clamp(0, 1)
+    return linear_to_srgb(linear).clamp(0, 1)
+
+
+def gray_rgb_from_lightness(lightness: Tensor) -> Tensor:
+    """L (*, 1, H, W) -> the gray sRGB image (*, 3, H, W) with that lightness and a = b = 0."""
+    zeros = torch.zeros_like(lightness)
+    return lab_to_rgb(torch.cat((lightness, zeros, zeros), dim=-3))
+
+
+def colorfulness(rgb: Tensor) -> float:
+    """Hasler & Suesstrunk (2003) colorfulness of sRGB (*, 3, H, W) in [0, 1], on their 0-255 scale."""
+    r, g, b = (255 * rgb.double()).unbind(-3)
+    rg = r - g
+    yb = 0.5 * (r + g) - b
+    spread = torch.sqrt(rg.var(unbiased=False) + yb.var(unbiased=False))
+    center = torch.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
+    return float(spread + 0.3 * center)

@@ -1,0 +1,156 @@
+"""Building blocks shared by the encoder and the decoders.
+
+Precision contract used throughout the network:
+
+* compute layers (``Conv2d``, ``Linear``, attention products) cast their input
+  to the dtype of their own weight, so they run in whatever precision the
+  weights are held in (fp16 / bf16 / fp32);
+* normalization layers are *pinned*: their parameters stay FP32 and they
+  compute in FP32, then hand back the dtype they were given. Each pinned module
+  lists the tensors it keeps in FP32 in ``fp32_tensors``; ``precision.py``
+  reads that list and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Upper bound on the elements of one temporary (scores, MLP expansions, head
+# groups). Chunks are sized to stay under it so peak memory grows with the
+# image, not with the widest layer.
+CHUNK_ELEMENTS = 1 << 24
+
+
+class Conv2d(nn.Conv2d):
+    """Conv2d that runs in the dtype of its weight."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.to(self.weight.dtype))
+
+
+class Linear(nn.Linear):
+    """Linear that runs in the dtype of its weight."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.to(self.weight.dtype))
+
+
+class FP32Conv2d(nn.Conv2d):
+    """Conv2d pinned to FP32 (ConvNeXt depthwise convs read the FP32 residual stream)."""
+
+    fp32_tensors = ("weight", "bias")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float())
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm over the last dim, computed in FP32, returning the input dtype."""
+
+    fp32_tensors = ("weight", "bias")
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.to(x.dtype)
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over channels of an NCHW tensor, computed in FP32.
+
+    The original squares ``x - mean`` in the input dtype, which overflows fp16
+    once ``|x - mean| > 256``; here the statistics are always FP32.
+    """
+
+    fp32_tensors = ("weight", "bias")
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.layer_norm(x.float().permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2).to(x.dtype)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm computed in FP32 with FP32 statistics, returning the input dtype."""
+
+    fp32_tensors = ("weight", "bias", "running_mean", "running_var")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+def blur_upsampled(x: Tensor) -> Tensor:
+    """The 2x2 box blur after pixel shuffle (replication pad left/top, then mean)."""
+    return F.avg_pool2d(F.pad(x, (1, 0, 1, 0), mode="replicate"), 2, stride=1)
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention with ``torch.nn.MultiheadAttention``'s parameter names.
+
+    Batch-first ``(B, L, C)``. The products run in the weights' dtype, the
+    softmax in FP32. Heads are processed in chunks so the ``(heads, Lq, Lk)``
+    score tensor never exceeds ``CHUNK_ELEMENTS``.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        dtype = self.in_proj_weight.dtype
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        q = self._heads(F.linear(query.to(dtype), w_q, b_q))
+        k = self._heads(F.linear(key.to(dtype), w_k, b_k))
+        v = self._heads(F.linear(value.to(dtype), w_v, b_v))
+        q = q * (1.0 / math.sqrt(q.shape[-1]))
+
+        batch, heads, len_q, head_dim = q.shape
+        per_head = batch * len_q * k.shape[2]
+        step = max(1, CHUNK_ELEMENTS // per_head)
+        out = torch.empty_like(q)
+        for h in range(0, heads, step):
+            scores = q[:, h : h + step] @ k[:, h : h + step].transpose(-1, -2)
+            weights = torch.softmax(scores.float(), dim=-1).to(dtype)
+            del scores
+            out[:, h : h + step] = weights @ v[:, h : h + step]
+        out = out.transpose(1, 2).reshape(batch, len_q, heads * head_dim)
+        return self.out_proj(out)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        batch, length, dim = x.shape
+        return x.view(batch, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+
+
+def sine_position_encoding(height: int, width: int, dim: int, device: torch.device) -> Tensor:
+    """DETR's normalized sine encoding of an ``height x width`` grid, as ``(1, H*W, dim)`` FP32.
+
+    The first ``dim/2`` channels encode the row, the rest the column; each
+    half interleaves sin (even) and cos (odd) frequencies.
+    """
+    feats = dim // 2
+    eps, scale, temperature = 1e-6, 2 * math.pi, 10000.0
+    rows = torch.arange(1, height + 1, dtype=torch.float32, device=device) / (height + eps) * scale
+    cols = torch.arange(1, width + 1, dtype=torch.float32, device=device) / (width + eps) * scale
+    freqs = torch.arange(feats, dtype=torch.float32, device=device)
+    freqs = temperature ** (2 * torch.div(freqs, 2, rounding_mode="floor") / feats)
+
+    def encode(positions: Tensor) -> Tensor:
+        angles = positions[:, None] / freqs
+        return torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=2).flatten(1)
+
+    pos_y = encode(rows)[:, None, :].expand(height, width, feats)
+    pos_x = encode(cols)[None, :, :].expand(height, width, feats)
+    return torch.cat((pos_y, pos_x), dim=-1).reshape(1, height * width, dim)

@@ -1,0 +1,128 @@
+"""The DDColor network: ConvNeXt encoder, dual decoder, and a memory-lean head.
+
+The head of the published model is::
+
+    out3 = blur(pixel_shuffle(relu(conv_1x1(out2))))        # 256 ch, full resolution
+    maps = einsum("bqc,bchw->bqhw", color_embed, out3)       # 100 ch, full resolution
+    ab   = refine_1x1([maps, x])                             # 2 ch
+
+Refine and the query product are linear per pixel, and shuffle and blur are
+linear per channel, so ``refine[:, :Q] @ color_embed`` collapses to one
+``(2, 256)`` matrix per image that can be applied at quarter resolution to
+each sub-pixel group of the 1x1 conv before shuffling. ``DDColor.head`` does
+exactly that, a few groups at a time: neither the 4096-channel pre-shuffle map
+nor the 256- or 100-channel full-resolution maps are ever built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .convnext import VARIANTS, Encoder
+from .decoder import Decoder
+from .layers import CHUNK_ELEMENTS, Conv2d, blur_upsampled
+
+# Every published network works on multiples of this (five 2x downsamplings).
+SIZE_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class DDColorConfig:
+    """Hyperparameters; ``checkpoint.config_from_state_dict`` reads them off a checkpoint."""
+
+    depths: tuple[int, ...] = VARIANTS["large"][0]
+    dims: tuple[int, ...] = VARIANTS["large"][1]
+    nf: int = 512
+    num_queries: int = 100
+    num_scales: int = 3
+    dec_layers: int = 9
+    hidden_dim: int = 256
+    ffn_dim: int = 2048
+    num_heads: int = 8
+
+    @property
+    def variant(self) -> str:
+        for name, (depths, dims) in VARIANTS.items():
+            if (self.depths, self.dims) == (depths, dims):
+                return name
+        return "custom"
+
+
+class DDColor(nn.Module):
+    """Gray RGB (B, 3, H, W) in [0, 1] -> predicted ab (B, 2, H, W), float32.
+
+    H and W must be multiples of 32. Build it with ``ddcolor.load_model``.
+    """
+
+    # Input normalization constants; half of them would shift the input.
+    fp32_tensors = ("mean", "std")
+
+    def __init__(self, config: DDColorConfig):
+        super().__init__()
+        self.config = config
+        self.precision = "fp32"  # set by precision.apply_precision
+        self.encoder = Encoder(config.depths, config.dims)
+        self.decoder = Decoder(
+            config.dims,
+            config.nf,
+            dict(
+                num_queries=config.num_queries,
+                num_layers=config.dec_layers,
+                hidden_dim=config.hidden_dim,
+                ffn_dim=config.ffn_dim,
+                num_heads=config.num_heads,
+            ),
+        )
+        self.refine_net = nn.Sequential(nn.Sequential(Conv2d(config.num_queries + 3, 2, kernel_size=1)))
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"DDColor expects gray RGB images shaped (B, 3, H, W); got {tuple(x.shape)}")
+        if x.shape[2] % SIZE_MULTIPLE or x.shape[3] % SIZE_MULTIPLE:
+            raise ValueError(
+                f"DDColor needs height and width that are multiples of {SIZE_MULTIPLE}; got {tuple(x.shape[2:])}. "
+                "Resize the input (ddcolor.colorize does this for you)."
+            )
+        x = (x.float() - self.mean) / self.std
+        taps = self.encoder(x)
+        scales = self.decoder.pixel_features(taps)
+        del taps
+        color_embed = self.decoder.color_decoder(scales)
+        return self.head(color_embed, scales[2], x)
+
+    def head(self, color_embed: Tensor, features: Tensor, x: Tensor) -> Tensor:
+        """Fused ``refine([color_embed . last_shuf(features), x])`` (see module docstring).
+
+        color_embed (B, Q, C), features (B, C_in, h, w), x normalized input (B, 3, 4h, 4w).
+        """
+        refine = self.refine_net[0][0]
+        conv = self.decoder.last_shuf.conv[0]
+        scale = self.decoder.last_shuf.scale
+        groups = scale * scale
+        weight_q, weight_x = refine.weight.flatten(1).float().split([color_embed.shape[1], 3], dim=1)
+        # (B, 2, C): what refine does with the query maps, per feature channel.
+        mixing = (weight_q @ color_embed.float()).to(conv.weight.dtype)
+
+        channels = conv.weight.shape[0] // groups
+        # Pixel shuffle reads conv channel c * groups + g into sub-pixel g of channel c.
+        conv_weight = conv.weight.view(channels, groups, -1).transpose(0, 1)
+        conv_bias = conv.bias.view(channels, groups).transpose(0, 1)
+        batch, _, height, width = features.shape
+        step = max(1, CHUNK_ELEMENTS // (batch * channels * height * width))
+        features = features.to(conv.weight.dtype)
+        sub_pixels = torch.empty(batch, 2, groups, height, width, dtype=torch.float32, device=features.device)
+        for g in range(0, groups, step):
+            n = min(step, groups - g)
+            w = conv_weight[g : g + n].reshape(n * channels, -1, 1, 1)
+            b = conv_bias[g : g + n].reshape(n * channels)
+            y = F.relu_(F.conv2d(features, w, b)).view(batch, n, channels, height * width)
+            mixed = mixing[:, None] @ y  # (B, n, 2, h*w)
+            sub_pixels[:, :, g : g + n] = mixed.view(batch, n, 2, height, width).transpose(1, 2)
+        ab = blur_upsampled(F.pixel_shuffle(sub_pixels.view(batch, 2 * groups, height, width), scale))
+        return ab + F.conv2d(x, weight_x[:, :, None, None], refine.bias.float())

@@ -1,0 +1,90 @@
+"""Precision policy: which dtype a request resolves to, and how a model holds it.
+
+In fp16 / bf16 the weights of every conv and linear are held in half, so the
+model's weight memory halves. Tensors listed in a module's ``fp32_tensors``
+stay FP32 (normalization layers, ConvNeXt depthwise convs and layer scales),
+and those modules compute in FP32. ``fp32_modules(model)`` lists them.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+log = logging.getLogger("ddcolor")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = ("fp16", "fp32", "bf16", "auto")
+
+
+def resolve_precision(precision: str, device: torch.device | str, *, strict: bool = False) -> str:
+    """Map a requested precision to the one that will run on ``device``.
+
+    ``auto`` picks fp16 on CUDA (bf16 where fp16 is unsupported), and on a CPU
+    fp32 unless the CPU has native bf16 matrix units. An explicit half
+    precision that would be slow or unsupported on ``device`` runs the closest
+    fast precision instead and logs one line; ``strict=True`` runs exactly what
+    was asked (fp16 on a CPU is correct but about 100x slower).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    device = torch.device(device)
+    fast = fast_precisions(device.type)
+    if precision == "auto":
+        return fast[0]
+    if strict or precision in fast:
+        return precision
+    chosen = "fp16" if precision == "bf16" and "fp16" in fast else "fp32"
+    log.warning(
+        "ddcolor: %s is slow or unsupported on %s; running %s instead (pass strict_precision=True to force %s)",
+        precision, device.type, chosen, precision,
+    )
+    return chosen
+
+
+def fast_precisions(device_type: str) -> tuple[str, ...]:
+    """Precisions that run at full speed on a device type, preferred first."""
+    if device_type == "cuda":
+        return ("fp16", "bf16", "fp32") if torch.cuda.is_bf16_supported() else ("fp16", "fp32")
+    if device_type == "mps":
+        return ("fp16", "fp32")
+    if device_type == "cpu" and cpu_has_native_bf16():
+        return ("fp32", "bf16")
+    return ("fp32",)
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has AMX or AVX512-BF16 (oneDNN then runs bf16 natively)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def apply_precision(model: nn.Module, precision: str) -> nn.Module:
+    """Hold ``model``'s weights in ``precision``, keeping pinned tensors FP32. In place."""
+    dtype = DTYPES[precision]
+    for module in model.modules():
+        pinned = set(getattr(module, "fp32_tensors", ()))
+        for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            if tensor is None or not tensor.is_floating_point():
+                continue
+            target = torch.float32 if name in pinned else dtype
+            if tensor.dtype != target:
+                converted = tensor.to(target)
+                if isinstance(tensor, nn.Parameter):
+                    converted = nn.Parameter(converted, requires_grad=tensor.requires_grad)
+                setattr(module, name, converted)
+    model.precision = precision
+    return model
+
+
+def fp32_modules(model: nn.Module) -> list[str]:
+    """Names of the modules that keep FP32 tensors and compute in FP32."""
+    return [name for name, module in model.named_modules() if getattr(module, "fp32_tensors", ())]

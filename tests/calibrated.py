@@ -1,0 +1,274 @@
+"""Synthetic DDColor checkpoints whose activations have trained-model scale.
+
+Real weights cannot be downloaded here, and a freshly initialized DDColor is
+useless for testing: its spectral-norm vectors are unconverged and its
+BatchNorm statistics are defaults, so it outputs values near 1e15. A
+calibrated checkpoint fixes that:
+
+* spectral-norm ``weight_u``/``weight_v`` converged by power iteration (the
+  loader must use them as stored, like PyTorch's eval mode);
+* ConvNeXt layer scales set block by block on natural images so the residual
+  stream grows stage by stage with a few outlier channels, as trained ConvNeXts
+  do (max |x - mean| in the hundreds to thousands, past fp16's LayerNorm limit);
+* BatchNorm running statistics measured on natural images (../shared/fixtures,
+  or generated scenes when that folder is absent);
+* attention query/key projections scaled so attention is far from uniform;
+* the color embedding scaled so ab has std ~25 (a few hot pixels, as in real
+  outputs, overshoot +-110; the pipeline clamps ab to the Lab range).
+
+``stress=True`` additionally inflates stage-3 layer scales until the FP32
+residual stream exceeds 70000 (fp16's maximum is 65504).
+
+The result is a state dict in the *published* layout (``weight_orig`` /
+``weight_u`` / ``weight_v``, leftover ``head_cls``), ready to save as
+``{'params': state}``.
+
+Command line (used by the benchmark and end-to-end tests)::
+
+    python -m tests.calibrated --variant large --out /tmp/large.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddcolor.color import gray_rgb_from_lightness, rgb_to_lab
+from ddcolor.layers import BatchNorm2d, MultiheadAttention
+from ddcolor.model import DDColor, DDColorConfig
+
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+
+CONFIGS = {
+    "tiny": DDColorConfig(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
+    "large": DDColorConfig(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
+    # Fast unit tests: same structure, small widths.
+    "small": DDColorConfig(
+        depths=(1, 1, 2, 1), dims=(16, 32, 64, 128), nf=64, num_queries=10, dec_layers=3, hidden_dim=32, ffn_dim=64
+    ),
+}
+
+# Target RMS of each block's contribution to the stream, per stage, as a
+# multiple of the stream's RMS entering the stage; outlier channels get more.
+STAGE_GROWTH = (0.6, 0.8, 1.0, 1.2)
+OUTLIER_FRACTION = 0.02
+OUTLIER_GAIN = 40.0
+STRESS_GAIN = 400.0
+ATTENTION_SHARPNESS = 1.5
+AB_STD = 25.0
+
+
+def calibration_images(size: int = 128, count: int = 8, seed: int = 0) -> Tensor:
+    """Gray RGB model inputs (count, 3, size, size) from the fixture photos, or generated scenes."""
+    generator = torch.Generator().manual_seed(seed)
+    photos = _fixture_photos()
+    if not photos:
+        photos = [_generated_scene(256, generator) for _ in range(4)]
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[-2:]
+        side = int(min(h, w) * (0.6 + 0.4 * torch.rand(1, generator=generator).item()))
+        top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
+        crop = photo[:, :, top : top + side, left : left + side]
+        if i % 2:
+            crop = crop.flip(-1)
+        crops.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+    rgb = torch.cat(crops).clamp(0, 1)
+    return gray_rgb_from_lightness(rgb_to_lab(rgb)[:, :1])
+
+
+def _fixture_photos() -> list[Tensor]:
+    if not FIXTURES.is_dir():
+        return []
+    from PIL import Image
+
+    photos = []
+    for path in sorted(FIXTURES.glob("*.*")):
+        if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            continue
+        array = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+        photos.append(torch.from_numpy(array).permute(2, 0, 1)[None])
+    return photos
+
+
+def _generated_scene(size: int, generator: torch.Generator) -> Tensor:
+    """Smooth gradients, blobs and edges: enough structure for BatchNorm statistics."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    image = 0.3 + 0.4 * y
+    for _ in range(6):
+        cy, cx, r = torch.rand(3, generator=generator).tolist()
+        image = image + 0.3 * torch.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (0.02 + 0.1 * r))
+    image = image + 0.2 * (x > torch.rand(1, generator=generator)).float()
+    noise = F.interpolate(torch.rand(1, 1, size // 8, size // 8, generator=generator), size=(size, size), mode="bilinear")
+    return (image + 0.1 * noise[0, 0]).clamp(0, 1).expand(1, 3, size, size).contiguous()
+
+
+def make_checkpoint(variant: str = "tiny", *, stress: bool = False, seed: int = 0, calib_size: int = 256) -> dict[str, Tensor]:
+    """A calibrated state dict in the published layout (see module docstring)."""
+    config = CONFIGS[variant]
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = DDColor(config).eval()
+    spectral = _init_weights(model, generator)
+    images = calibration_images(calib_size, seed=seed)
+    x = (images - model.mean) / model.std
+    with torch.no_grad():
+        _calibrate_encoder(model, x, generator, stress)
+        _calibrate_batchnorm(model, x)
+        _calibrate_output(model, images)
+    return _published_layout(model, spectral)
+
+
+def _spectral_triplet(weight: Tensor, generator: torch.Generator, iterations: int = 200) -> tuple[Tensor, Tensor, Tensor]:
+    """Converged spectral-norm vectors, updated exactly as torch's spectral_norm does."""
+    matrix = weight.flatten(1)
+    u = F.normalize(torch.randn(matrix.shape[0], generator=generator), dim=0, eps=1e-12)
+    v = F.normalize(torch.randn(matrix.shape[1], generator=generator), dim=0, eps=1e-12)
+    for _ in range(iterations):
+        v = F.normalize(torch.mv(matrix.t(), u), dim=0, eps=1e-12)
+        u = F.normalize(torch.mv(matrix, v), dim=0, eps=1e-12)
+    return weight, u, v
+
+
+def _spectral_modules(model: DDColor) -> dict[str, nn.Conv2d]:
+    names = ["decoder.last_shuf.conv.0", "refine_net.0.0"]
+    for i in range(3):
+        names += [f"decoder.layers.{i}.shuf.conv.0", f"decoder.layers.{i}.conv.0"]
+    return {name: model.get_submodule(name) for name in names}
+
+
+def _init_weights(model: DDColor, generator: torch.Generator) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+    def normal(shape, std):
+        return torch.randn(shape, generator=generator) * std
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(normal(module.weight.shape, 1 / math.sqrt(fan_in)))
+                if module.bias is not None:
+                    module.bias.copy_(normal(module.bias.shape, 0.05))
+            elif isinstance(module, BatchNorm2d):
+                module.weight.copy_(0.6 + 0.8 * torch.rand(module.weight.shape, generator=generator))
+                module.bias.copy_(normal(module.bias.shape, 0.1))
+            elif isinstance(module, (nn.LayerNorm,)) or type(module).__name__ == "LayerNorm2d":
+                module.weight.copy_(1 + normal(module.weight.shape, 0.1))
+                module.bias.copy_(normal(module.bias.shape, 0.05))
+            elif isinstance(module, MultiheadAttention):
+                dim = module.in_proj_weight.shape[1]
+                module.in_proj_weight.copy_(normal(module.in_proj_weight.shape, 1 / math.sqrt(dim)))
+                # Sharpen attention: scale query and key projections.
+                module.in_proj_weight[: 2 * dim] *= ATTENTION_SHARPNESS
+                module.in_proj_bias.copy_(normal(module.in_proj_bias.shape, 0.05))
+            elif isinstance(module, nn.Embedding):
+                module.weight.copy_(normal(module.weight.shape, 1.0))
+        spectral = {}
+        for name, conv in _spectral_modules(model).items():
+            fan_in = conv.weight[0].numel()
+            weight = normal(conv.weight.shape, math.sqrt(2 / fan_in))
+            # Zero-mean filters keep ReLU after a conv of non-negative inputs
+            # active about half the time, as in trained nets; otherwise the
+            # BatchNorm after it blows rare activations up into hot pixels.
+            weight -= weight.mean(dim=(1, 2, 3), keepdim=True)
+            weight, u, v = _spectral_triplet(weight, generator)
+            spectral[name] = (weight, u, v)
+            conv.weight.copy_(weight / torch.dot(u, torch.mv(weight.flatten(1), v)))
+    return spectral
+
+
+def _calibrate_encoder(model: DDColor, x: Tensor, generator: torch.Generator, stress: bool) -> None:
+    """Set each layer scale from the RMS of its block's branch on real inputs."""
+    arch = model.encoder.arch
+    stream = x
+    for i, stage in enumerate(arch.stages):
+        stream = arch.downsample_layers[i](stream).float()
+        dim = stream.shape[1]
+        gain = torch.exp(0.5 * torch.randn(dim, generator=generator))
+        gain *= torch.where(torch.rand(dim, generator=generator) < 0.5, -1.0, 1.0)
+        outliers = torch.randperm(dim, generator=generator)[: max(1, int(OUTLIER_FRACTION * dim))]
+        gain[outliers] *= OUTLIER_GAIN
+        if stress and i == 3:
+            gain[outliers] *= STRESS_GAIN
+        # Trained nets give massive-activation channels small norm weights,
+        # so they dominate the stream but not the normalized features.
+        quiet = [block.norm for block in stage] + [getattr(arch, f"norm{i}")]
+        if i < 3:
+            quiet.append(arch.downsample_layers[i + 1][0])
+        for norm in quiet:
+            norm.weight[outliers] /= OUTLIER_GAIN
+        entering = stream.pow(2).mean().sqrt()
+        for block in stage:
+            branch_rms = block.mlp_output(stream).pow(2).mean(dim=(0, 2, 3)).sqrt().clamp(min=1e-6)
+            block.gamma.copy_(STAGE_GROWTH[i] * entering * gain / branch_rms)
+            stream = block(stream)
+
+
+def _calibrate_batchnorm(model: DDColor, x: Tensor) -> None:
+    """One pass in train mode with cumulative averaging sets running stats to the batch stats."""
+    norms = [m for m in model.modules() if isinstance(m, BatchNorm2d)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    model(_denormalize(model, x))
+    for bn in norms:
+        bn.momentum = 0.1
+        bn.eval()
+
+
+def _calibrate_output(model: DDColor, images: Tensor) -> None:
+    """Scale the color embedding so ab has std AB_STD, centered on a warm tint.
+
+    The refine conv is spectral-normalized, which cancels any scale put on its
+    own weights, so the scale goes on the last color-embedding layer.
+    """
+    last = model.decoder.color_decoder.color_embed.layers[-1]
+    refine = model.refine_net[0][0]
+    ab = model(images)
+    scale = AB_STD / (ab - ab.mean(dim=(0, 2, 3), keepdim=True)).std().item()
+    last.weight.mul_(scale)
+    last.bias.mul_(scale)
+    ab = model(images)
+    refine.bias.sub_(ab.mean(dim=(0, 2, 3)) - torch.tensor([4.0, 10.0]))
+
+
+def _denormalize(model: DDColor, x: Tensor) -> Tensor:
+    return x * model.std + model.mean
+
+
+def _published_layout(model: DDColor, spectral: dict[str, tuple[Tensor, Tensor, Tensor]]) -> dict[str, Tensor]:
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for name, (weight, u, v) in spectral.items():
+        del state[f"{name}.weight"]
+        state[f"{name}.weight_orig"] = weight.clone()
+        state[f"{name}.weight_u"] = u.clone()
+        state[f"{name}.weight_v"] = v.clone()
+    dim = model.config.dims[-1]
+    state["encoder.arch.head_cls.weight"] = torch.zeros(4, dim)
+    state["encoder.arch.head_cls.bias"] = torch.zeros(4)
+    return state
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", choices=sorted(CONFIGS), default="tiny")
+    parser.add_argument("--stress", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    state = make_checkpoint(args.variant, stress=args.stress, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"params": state}, args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
