@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .layers import (
     BatchNorm2d,
     Conv2d,
+    FP32Embedding,
     LayerNorm,
     Linear,
     MultiheadAttention,
@@ -125,23 +126,25 @@ class MultiScaleColorDecoder(nn.Module):
         self.transformer_cross_attention_layers = nn.ModuleList(CrossAttentionLayer(hidden_dim, num_heads) for _ in range(num_layers))
         self.transformer_ffn_layers = nn.ModuleList(FFNLayer(hidden_dim, ffn_dim) for _ in range(num_layers))
         self.decoder_norm = LayerNorm(hidden_dim)
-        self.query_feat = nn.Embedding(num_queries, hidden_dim)
-        self.query_embed = nn.Embedding(num_queries, hidden_dim)
-        self.level_embed = nn.Embedding(len(in_channels), hidden_dim)
+        self.query_feat = FP32Embedding(num_queries, hidden_dim)
+        self.query_embed = FP32Embedding(num_queries, hidden_dim)
+        self.level_embed = FP32Embedding(len(in_channels), hidden_dim)
         self.input_proj = nn.ModuleList(Conv2d(c, hidden_dim, kernel_size=1) for c in in_channels)
         self.color_embed = MLP([hidden_dim, hidden_dim, hidden_dim, embed_dim])
 
     def forward(self, features: list[Tensor]) -> Tensor:
         """Pixel-decoder scales [(B, C_i, H_i, W_i)] -> color embeddings (B, queries, embed_dim)."""
-        dtype = self.query_feat.weight.dtype
+        dtype = self.input_proj[0].weight.dtype
         memories, positions = [], []
         for i, feature in enumerate(features):
             height, width = feature.shape[-2:]
             positions.append(sine_position_encoding(height, width, self.query_feat.weight.shape[1], feature.device).to(dtype))
             memory = self.input_proj[i](feature).flatten(2).transpose(1, 2)
-            memories.append(memory + self.level_embed.weight[i])
+            memories.append(memory + self.level_embed.weight[i].to(dtype))
 
         batch = features[0].shape[0]
+        # The query stream (100 x 256 per image) is kept FP32: it costs nothing
+        # and it is where half-precision rounding would compound over layers.
         queries = self.query_feat.weight.expand(batch, -1, -1)
         query_pos = self.query_embed.weight.expand(batch, -1, -1)
         for i in range(len(self.transformer_ffn_layers)):

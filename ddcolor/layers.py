@@ -48,6 +48,12 @@ class FP32Conv2d(nn.Conv2d):
         return super().forward(x.float())
 
 
+class FP32Embedding(nn.Embedding):
+    """Learned vectors (queries, level embeddings) kept FP32: a few kB that seed FP32 streams."""
+
+    fp32_tensors = ("weight",)
+
+
 class LayerNorm(nn.LayerNorm):
     """LayerNorm over the last dim, computed in FP32, returning the input dtype."""
 
@@ -95,8 +101,8 @@ def blur_upsampled(x: Tensor) -> Tensor:
 class MultiheadAttention(nn.Module):
     """Multi-head attention with ``torch.nn.MultiheadAttention``'s parameter names.
 
-    Batch-first ``(B, L, C)``. The products run in the weights' dtype, the
-    softmax in FP32. Heads are processed in chunks so the ``(heads, Lq, Lk)``
+    Batch-first ``(B, L, C)``. Projections and the value product run in the
+    weights' dtype; logits and softmax in FP32. Heads are processed in chunks so the ``(heads, Lq, Lk)``
     score tensor never exceeds ``CHUNK_ELEMENTS``.
     """
 
@@ -122,8 +128,10 @@ class MultiheadAttention(nn.Module):
         step = max(1, CHUNK_ELEMENTS // per_head)
         out = torch.empty_like(q)
         for h in range(0, heads, step):
-            scores = q[:, h : h + step] @ k[:, h : h + step].transpose(-1, -2)
-            weights = torch.softmax(scores.float(), dim=-1).to(dtype)
+            # Logits are formed in FP32 from half q and k (one head's k at a
+            # time): rounded to half, sharp attention shifts by percents.
+            scores = q[:, h : h + step].float() @ k[:, h : h + step].float().transpose(-1, -2)
+            weights = torch.softmax(scores, dim=-1).to(dtype)
             del scores
             out[:, h : h + step] = weights @ v[:, h : h + step]
         out = out.transpose(1, 2).reshape(batch, len_q, heads * head_dim)

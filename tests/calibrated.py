@@ -56,11 +56,11 @@ CONFIGS = {
 
 # Target RMS of each block's contribution to the stream, per stage, as a
 # multiple of the stream's RMS entering the stage; outlier channels get more.
-STAGE_GROWTH = (0.6, 0.8, 1.0, 1.2)
+STAGE_GROWTH = (0.2, 0.2, 0.2, 0.2)
 OUTLIER_FRACTION = 0.02
 OUTLIER_GAIN = 40.0
 STRESS_GAIN = 400.0
-ATTENTION_SHARPNESS = 1.5
+ATTENTION_SHARPNESS = 1.2
 AB_STD = 25.0
 
 

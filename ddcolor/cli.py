@@ -1,0 +1,385 @@
+"""``python -m ddcolor``: colorize folders of photos, fetch models, drive a ComfyUI server.
+
+    python -m ddcolor colorize photos/ -o colored/ --preset person
+    python -m ddcolor download ddcolor_paper_tiny
+    python -m ddcolor info
+    python -m ddcolor queue --workflow workflows/api/ddcolor_person.json photos/ -o colored/
+
+Exit status: 0 all done or skipped, 1 some image failed (or a model or server
+problem), 2 a usage error (nothing was done), 130 interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .batch import (
+    DONE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    FAILED,
+    Job,
+    Outcome,
+    Progress,
+    StopRequest,
+    Summary,
+    UsageError,
+    configure_logging_through,
+    find_inputs,
+    plan_jobs,
+)
+
+PRESETS = {"person": 640, "building": 1024}
+DEFAULT_SIZE = 512
+DEFAULT_MODEL = "ddcolor_modelscope"
+FORMATS = {"png": ".png", "jpg": ".jpg"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # outside a batch (loading or downloading a model): nothing to finish
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .checkpoint import PUBLISHED
+    from .precision import PRECISIONS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ddcolor",
+        description="DDColor photo colorization: batch colorize, download models, drive a ComfyUI server.",
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    published = ", ".join(PUBLISHED)
+
+    def add_batch_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns ('scans/*.tif')")
+        p.add_argument("-o", "--output", type=Path, metavar="OUTDIR", help="output folder (default: beside each input)")
+        p.add_argument("-r", "--recursive", action="store_true", help="also take images in subfolders of folder inputs")
+        p.add_argument("--suffix", default="_color", help="added to each output's name (default: %(default)s)")
+        existing = p.add_mutually_exclusive_group()
+        existing.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+        existing.add_argument("--skip-existing", action="store_true", help="leave outputs that exist alone (resume a batch)")
+
+    c = commands.add_parser("colorize", help="colorize images with a local model", description="Colorize images with a local DDColor model, loaded once for the whole batch.")
+    c.set_defaults(command=cmd_colorize)
+    add_batch_options(c)
+    c.add_argument("--model", default=DEFAULT_MODEL, help=f"published name ({published}; downloaded on first use) or checkpoint path (default: %(default)s)")
+    c.add_argument("--models-dir", type=Path, help="where published models are kept (default: see `python -m ddcolor info`)")
+    size = c.add_mutually_exclusive_group()
+    size.add_argument("--size", type=int, help=f"working resolution of the network, a multiple of 32 (default: {DEFAULT_SIZE})")
+    size.add_argument("--preset", choices=PRESETS, help="; ".join(f"{k}: size {v}" for k, v in PRESETS.items()))
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    c.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: %(default)s: the fastest exact one for the device)")
+    c.add_argument("--strict-precision", action="store_true", help="run --precision even where it is slow (fp16 on a CPU)")
+    c.add_argument("--format", default="png", choices=FORMATS, help="output format (default: %(default)s; images with alpha are always PNG)")
+    c.add_argument("--quality", type=int, default=95, help="JPEG quality 1-95 (default: %(default)s)")
+
+    d = commands.add_parser("download", help="fetch published models ahead of time", description="Download published DDColor checkpoints into the models folder.")
+    d.set_defaults(command=cmd_download)
+    d.add_argument("names", nargs="*", metavar="NAME", help=f"{published}, or all (default: {DEFAULT_MODEL})")
+    d.add_argument("--models-dir", type=Path, help="destination (default: see `python -m ddcolor info`)")
+
+    i = commands.add_parser("info", help="devices, precisions, models folder", description="Show devices, their precisions, where models are looked for and which are present.")
+    i.set_defaults(command=cmd_info)
+    i.add_argument("--models-dir", type=Path, help="models folder to inspect (default: the one the other commands use)")
+
+    q = commands.add_parser("queue", help="colorize through a ComfyUI server's API", description="Send each image through an API-format workflow on a running ComfyUI server and download the results.")
+    q.set_defaults(command=cmd_queue)
+    add_batch_options(q)
+    q.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI address (default: %(default)s)")
+    q.add_argument("--workflow", type=Path, required=True, help="workflow in ComfyUI's API format (e.g. workflows/api/ddcolor_person.json)")
+    q.add_argument("--input-node", help="id of the LoadImage node to feed (needed only when the workflow has several)")
+    q.add_argument("--jobs", type=int, default=2, help="images in flight on the server at once (default: %(default)s)")
+    q.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one image's result (default: %(default)s)")
+    q.add_argument("--request-timeout", type=float, default=30.0, help="seconds to wait for one HTTP answer (default: %(default)s)")
+    q.add_argument("--reconnect", type=float, default=30.0, help="seconds to wait for an unreachable server to come back (default: %(default)s)")
+    return parser
+
+
+# ----------------------------------------------------------------------------- colorize
+
+
+def cmd_colorize(args: argparse.Namespace) -> int:
+    if not 1 <= args.quality <= 95:
+        raise UsageError(f"--quality {args.quality}: use 1 to 95 (Pillow's JPEG scale; above 95 only grows files)")
+    if args.size is not None and args.size < 32:
+        raise UsageError(f"--size {args.size}: use at least 32 (512 is the default; {', '.join(f'{v} for {k}' for k, v in PRESETS.items())})")
+    summary = Summary()
+    size = args.size or PRESETS.get(args.preset, DEFAULT_SIZE)
+    inputs = find_inputs(args.inputs, recursive=args.recursive)
+    jobs, decided = plan_jobs(
+        inputs, output_dir=args.output, suffix=args.suffix, extension=FORMATS[args.format],
+        overwrite=args.overwrite, skip_existing=args.skip_existing,
+    )
+    device = resolve_device(args.device)
+    for outcome in decided:
+        summary.add(outcome)
+    if not jobs:
+        summary.report()
+        return summary.exit_code()
+
+    import ddcolor
+
+    from .checkpoint import default_models_dir
+
+    published = ddcolor.PUBLISHED.get(str(args.model).removesuffix(".pth"))
+    models_dir = args.models_dir or default_models_dir()
+    if published and not Path(args.model).exists() and not (models_dir / published.filename).is_file():
+        print(f"{published.name}: first use, downloading {published.url()} into {models_dir}", file=sys.stderr, flush=True)
+    progress = Progress(len(jobs))
+    configure_logging_through(progress.write)
+    try:
+        model = ddcolor.load_model(
+            args.model, device=device, precision=args.precision,
+            strict_precision=args.strict_precision, models_dir=args.models_dir,
+        )
+    except (ddcolor.CheckpointError, ddcolor.DownloadError) as e:
+        progress.close()
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    report_decided_failures(decided, progress)
+    progress.write(f"model {args.model} on {device} ({model.precision}), size {ddcolor.snap_size(size)}, {len(jobs)} image(s)")
+    try:
+        with StopRequest(progress.write) as stop:
+            colorize_jobs(model, jobs, size=size, quality=args.quality, stop=stop, summary=summary, progress=progress)
+    finally:
+        progress.close()
+        summary.report()
+    return summary.exit_code()
+
+
+def colorize_jobs(model, jobs: list[Job], *, size: int, quality: int, stop: StopRequest, summary: Summary, progress: Progress) -> None:
+    """Colorize ``jobs`` one at a time until done or asked to stop.
+
+    Plain read -> colorize -> write: file I/O is a few percent of the time on
+    a CPU, and overlapping it in threads measured slower, because the I/O
+    thread then competes with the model's own threads for the cores
+    (benchmarks/bench_cli.py).
+    """
+    for index, job in enumerate(jobs):
+        if stop.requested:
+            summary.not_started = len(jobs) - index
+            return
+        try:
+            outcome = colorize_one(model, job, size=size, quality=quality, summary=summary)
+        except KeyboardInterrupt:  # a second Ctrl-C: the write in progress removed its temporary file
+            summary.aborted = True
+            return
+        summary.add(outcome)
+        progress.finished(outcome)
+
+
+def colorize_one(model, job: Job, *, size: int, quality: int, summary: Summary) -> Outcome:
+    import ddcolor
+
+    from .imageio import ImageReadError, read_image, write_image
+
+    began = time.perf_counter()
+
+    def failed(reason: str) -> Outcome:
+        return Outcome(job, FAILED, reason, time.perf_counter() - began)
+
+    try:
+        image = read_image(job.source)
+    except ImageReadError as e:
+        return failed(str(e).removeprefix(f"{job.source}: "))
+    try:
+        model_began = time.perf_counter()
+        colored = ddcolor.colorize(model, _as_batch(image), size=size)[0].numpy()
+        summary.model_seconds += time.perf_counter() - model_began
+    except (MemoryError, RuntimeError, ValueError) as e:
+        return failed(f"colorize failed: {e}")
+    target = job.target
+    if colored.shape[-1] == 4 and target.suffix != ".png":
+        target = target.with_suffix(".png")
+    try:
+        write_image(target, colored, quality=quality)
+    except OSError as e:
+        return failed(f"cannot write {target}: {e.strerror or e}")
+    note = f"written as {target.name} to keep its alpha channel" if target != job.target else ""
+    return Outcome(job, DONE, note, time.perf_counter() - began)
+
+
+def report_decided_failures(decided: list[Outcome], progress: Progress) -> None:
+    for outcome in decided:
+        if outcome.status == FAILED:
+            progress.write(f"failed: {outcome.job.source}: {outcome.reason}")
+
+
+def _as_batch(image):
+    import torch
+
+    return torch.from_numpy(image)[None]
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    name = name.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: PyTorch {torch.__version__} sees no CUDA GPU here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible (cuda:0..)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: Apple MPS is not available here; use --device cpu")
+    return str(device)
+
+
+# ----------------------------------------------------------------------------- download / info
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    import ddcolor
+    from ddcolor.checkpoint import default_models_dir
+
+    names = args.names or [DEFAULT_MODEL]
+    if "all" in names:
+        names = list(ddcolor.PUBLISHED)
+    unknown = [n for n in names if n.removesuffix(".pth") not in ddcolor.PUBLISHED]
+    if unknown:
+        raise UsageError(f"unknown model {', '.join(unknown)}; choose from {', '.join(ddcolor.PUBLISHED)} or all")
+    folder = args.models_dir or default_models_dir()
+    failed = 0
+    for name in dict.fromkeys(n.removesuffix(".pth") for n in names):
+        entry = ddcolor.PUBLISHED[name]
+        target = folder / entry.filename
+        if target.is_file():
+            print(f"{name}: already present at {target}")
+            continue
+        print(f"{name}: downloading {entry.url()} into {folder}", flush=True)
+        try:
+            path = ddcolor.download(name, folder, progress=lambda done, total: None)
+        except ddcolor.DownloadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{name}: saved {path} ({path.stat().st_size / 2**20:.0f} MiB)")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    import torch
+
+    import ddcolor
+    from ddcolor.checkpoint import default_models_dir
+    from ddcolor.precision import PRECISIONS, fast_precisions, resolve_precision
+
+    print(f"ddcolor with PyTorch {torch.__version__}")
+    print(f"default device: {resolve_device('auto')}")
+    devices = ["cpu"]
+    devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    for device in devices:
+        label = f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else ""
+        fast = fast_precisions(torch.device(device).type)
+        line = f"  {device}{label}: precisions {', '.join(fast)} (auto = {fast[0]})"
+        slow = [p for p in PRECISIONS if p != "auto" and p not in fast]
+        if slow:
+            quiet = logging.getLogger("ddcolor")
+            previous, quiet.disabled = quiet.disabled, True  # resolve_precision logs its substitution
+            substitutes = [f"{p} runs as {resolve_precision(p, device)}" for p in slow]
+            quiet.disabled = previous
+            line += f"; {', '.join(substitutes)} unless --strict-precision"
+        print(line)
+
+    folder = args.models_dir or default_models_dir()
+    if args.models_dir:
+        origin = "--models-dir"
+    elif os.environ.get("DDCOLOR_MODELS_DIR"):
+        origin = "$DDCOLOR_MODELS_DIR"
+    elif folder.name == "weights":
+        origin = "the repository's weights/ folder"
+    else:
+        origin = "default; set $DDCOLOR_MODELS_DIR or --models-dir to change"
+    print(f"models folder: {folder} ({origin}){'' if folder.is_dir() else ' - does not exist yet'}")
+    published_files = set()
+    for name, entry in ddcolor.PUBLISHED.items():
+        path = folder / entry.filename
+        published_files.add(entry.filename)
+        state = f"present, {path.stat().st_size / 2**20:.0f} MiB" if path.is_file() else "missing: python -m ddcolor download " + name
+        print(f"  {name:<20} {entry.variant:<6} {state}")
+    others = sorted(
+        p.name for p in folder.glob("*")
+        if p.suffix in (".pth", ".pt", ".bin", ".safetensors") and p.name not in published_files
+    ) if folder.is_dir() else []
+    if others:
+        print(f"  other checkpoints (use with --model PATH): {', '.join(others)}")
+    if os.environ.get("HF_ENDPOINT") or os.environ.get("HF_HUB_OFFLINE"):
+        print(f"downloads: HF_ENDPOINT={os.environ.get('HF_ENDPOINT', '')} HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- queue
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from .comfy_client import ComfyClient, ComfyError, load_workflow, queue_jobs
+
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: use 1 or more")
+    workflow, input_node = load_workflow(args.workflow, args.input_node)
+    summary = Summary()
+    inputs = find_inputs(args.inputs, recursive=args.recursive)
+    # The server picks the file type; PNG is what SaveImage writes.
+    jobs, decided = plan_jobs(
+        inputs, output_dir=args.output, suffix=args.suffix, extension=".png",
+        overwrite=args.overwrite, skip_existing=args.skip_existing,
+    )
+    for outcome in decided:
+        summary.add(outcome)
+    client = ComfyClient(args.server, request_timeout=args.request_timeout, reconnect=args.reconnect)
+    try:
+        client.check()
+    except ComfyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if not jobs:
+        summary.report()
+        return summary.exit_code()
+    progress = Progress(len(jobs))
+    report_decided_failures(decided, progress)
+    progress.write(f"{args.server}: {len(jobs)} image(s) through {args.workflow.name} (node {input_node}), {args.jobs} at a time")
+    try:
+        with StopRequest(progress.write) as stop:
+            queue_jobs(client, workflow, input_node, jobs, jobs_at_once=args.jobs, timeout=args.timeout,
+                       stop=stop, summary=summary, progress=progress)
+    finally:
+        progress.close()
+        summary.report(verb="done")
+    return summary.exit_code()
