@@ -1,0 +1,20 @@
+"""ComfyUI entry point of the DDColor node pack.
+
+ComfyUI imports this folder as a package named after the folder, so everything
+inside is imported relatively (``.nodes``, ``.ddcolor``). Importing it builds
+no model, touches no network and installs nothing; the only effect is adding
+``models/ddcolor`` to ComfyUI's model folders.
+
+The classic mappings below are what every ComfyUI release loads (a module that
+exports them has any V3 ``comfy_entrypoint`` ignored).
+"""
+
+from .nodes.colorize import DISPLAY_NAME, NODE_NAME, DDColorColorize
+from .nodes.models import register_models_folder
+
+register_models_folder()
+
+NODE_CLASS_MAPPINGS = {NODE_NAME: DDColorColorize}
+NODE_DISPLAY_NAME_MAPPINGS = {NODE_NAME: DISPLAY_NAME}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,0 +1,175 @@
+"""The ``DDColor-ddcolorize`` node: a thin ComfyUI adapter over ``ddcolor.colorize``.
+
+ComfyUI modules (``comfy.*``, ``folder_paths``) are imported inside functions,
+so the pack imports, and its contract tests run, without a ComfyUI.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+from ..ddcolor import PRECISIONS, PUBLISHED, colorize, load_model, snap_size
+from ..ddcolor.pipeline import ACTIVATION_BYTES_PER_PIXEL_PER_BYTE
+from ..ddcolor.precision import DTYPES, resolve_precision
+from .models import DEFAULT_MODEL, FOLDER_NAME, ModelCache, cache_key, locate_checkpoint, model_choices
+
+log = logging.getLogger("ddcolor")
+
+NODE_NAME = "DDColor-ddcolorize"
+DISPLAY_NAME = "DDColor Colorize"
+
+# The model (wrapped in a ComfyUI ModelPatcher) used by the last prompt.
+_LOADED = ModelCache()
+
+DESCRIPTION = (
+    "Colorizes black-and-white photos with DDColor (ICCV 2023). The photo keeps its own size and "
+    "lightness; the network predicts colors at the working size and they are scaled back up. "
+    "Color input is colorized from its lightness; an alpha channel passes through. Batches (video "
+    "frames) run in chunks with a progress bar and can be cancelled between chunks."
+)
+TOOLTIPS = {
+    "image": "Photos to colorize: any size, grayscale or color (only the lightness is used).",
+    "precision": (
+        "fp16: half the memory and fastest on NVIDIA GPUs; sensitive layers stay fp32. "
+        "bf16: for GPUs and CPUs with fast bfloat16. fp32: the reference. auto: the fastest for your device. "
+        "A precision your device runs slowly (fp16 on a CPU) falls back to fp32 and the log says so."
+    ),
+    "size": (
+        "Working resolution the network sees (a square, multiple of 32); the output keeps the input's size. "
+        "Portraits 460-680, buildings and wide scenes 960-1280. Larger means finer color detail, more memory "
+        "and time. Values that are not a multiple of 32 are rounded."
+    ),
+    "model": (
+        "Checkpoint. The four published DDColor models are downloaded into models/ddcolor on first use; "
+        "other checkpoint files found in models/ddcolor are listed too. "
+        + "; ".join(f"{entry.name}: {entry.description}" for entry in PUBLISHED.values())
+        + "."
+    ),
+    "output": "The colorized photos, same size and batch as the input (RGB, or RGBA when the input has alpha).",
+}
+
+
+def _checkpoint_files() -> list[str]:
+    """Files in ComfyUI's ddcolor folders; none outside ComfyUI."""
+    try:
+        import folder_paths
+    except ImportError:
+        return []
+    return folder_paths.get_filename_list(FOLDER_NAME)
+
+
+class DDColorColorize:
+    DESCRIPTION = DESCRIPTION
+    CATEGORY = "image/color"
+    FUNCTION = "colorize"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = (TOOLTIPS["output"],)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": TOOLTIPS["image"]}),
+                "precision": (list(PRECISIONS), {"default": "fp16", "tooltip": TOOLTIPS["precision"]}),
+                # No control_after_generate: it would add a hidden widget value.
+                "size": ("INT", {"default": 512, "min": 256, "max": 2048, "step": 32, "tooltip": TOOLTIPS["size"]}),
+            },
+            # Optional, so prompts and workflows saved before this widget existed
+            # (only precision and size) still run, with the default model.
+            "optional": {
+                "model": (model_choices(_checkpoint_files()), {"default": DEFAULT_MODEL, "tooltip": TOOLTIPS["model"]}),
+            },
+        }
+
+    def colorize(self, image, precision, size, model=DEFAULT_MODEL):
+        import comfy.model_management as mm
+        import comfy.utils
+
+        mm.throw_exception_if_processing_interrupted()
+        # ComfyUI checks only min/max: 460 from the API or a JSON file arrives as 460.
+        working_size = snap_size(size)
+        patcher = _load(model, precision)
+        # Frees other models' VRAM for the weights plus one image's activations.
+        # A full load: DDColor's plain layers cannot run partly offloaded.
+        mm.load_models_gpu([patcher], memory_required=_activation_bytes(patcher.model, working_size), force_full_load=True)
+
+        bar = comfy.utils.ProgressBar(image.shape[0])
+
+        def progress(done: int, total: int) -> None:
+            bar.update_absolute(done, total)
+            mm.throw_exception_if_processing_interrupted()
+
+        try:
+            colored = colorize(patcher.model, image, size=working_size, progress=progress)
+        except MemoryError:
+            if mm.is_device_cpu(patcher.load_device):
+                raise
+            log.warning("ddcolor: out of memory; unloading other models and retrying")
+            _unload_other_models(patcher)
+            colored = colorize(patcher.model, image, size=working_size, progress=progress)
+        return (colored.to(mm.intermediate_device()),)
+
+
+def _load(choice: str, precision: str):
+    """The ModelPatcher for ``choice`` in ``precision``, reusing the one loaded last if it matches."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import folder_paths
+
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    # Resolve for the device the model runs on, not the one it is built on.
+    resolved = _resolve_precision(precision, load_device)
+    path = locate_checkpoint(choice, folder_paths.get_folder_paths(FOLDER_NAME), _download_progress())
+
+    def build():
+        start = time.perf_counter()
+        model = load_model(path, device=offload_device, precision=resolved, strict_precision=True)
+        log.info(
+            "ddcolor: loaded %s (%s, %s) for %s in %.1f s",
+            path.name, model.config.variant, model.precision, load_device, time.perf_counter() - start,
+        )
+        return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+    return _LOADED.get(cache_key(path, resolved, load_device), build)
+
+
+def _unload_other_models(patcher) -> None:
+    """Push every other model off our device (they reload when next needed), keeping ours."""
+    import comfy.model_management as mm
+
+    # keep_loaded compares LoadedModel entries, not patchers.
+    mm.free_memory(float("inf"), patcher.load_device, keep_loaded=[mm.LoadedModel(patcher)])
+    mm.soft_empty_cache()
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve_precision(precision: str, device) -> str:
+    # Cached so that a fallback (fp16 on a CPU) is logged once, not on every prompt.
+    return resolve_precision(precision, device)
+
+
+def _download_progress():
+    """A callback that shows download bytes on the node's progress bar, created on the first report."""
+    import comfy.utils
+
+    bar = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar
+        if total <= 0:
+            return
+        if bar is None:
+            bar = comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+
+    return report
+
+
+def _activation_bytes(model, size: int) -> int:
+    """Working memory of one image at ``size`` (see ddcolor.pipeline)."""
+    element = DTYPES[model.precision].itemsize
+    return ACTIVATION_BYTES_PER_PIXEL_PER_BYTE * element * size * size

@@ -1,0 +1,342 @@
+"""The ComfyUI node pack without a ComfyUI: import, the node's contract, model files, locales, packaging.
+
+What needs ComfyUI itself (memory management, progress, interrupt, the
+server) is in test_e2e_comfyui.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.fake_hub import fake_hub
+from tests.pack import REPO, load_pack
+from tests.workflow_check import spec_from_node_class
+
+pack = load_pack()
+models = sys.modules[f"{pack.__name__}.nodes.models"]
+colorize_module = sys.modules[f"{pack.__name__}.nodes.colorize"]
+engine = sys.modules[f"{pack.__name__}.ddcolor"]
+
+NODE = "DDColor-ddcolorize"
+PUBLISHED_NAMES = ["ddcolor_modelscope", "ddcolor_artistic", "ddcolor_paper", "ddcolor_paper_tiny"]
+
+
+# ----------------------------------------------------------------------------- import
+
+
+IMPORT_PROBE = r"""
+import json, socket, subprocess, sys, time
+import torch  # ComfyUI has imported torch before it loads any pack
+
+def refuse(what):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"importing the pack must not {what}")
+    return fail
+
+socket.socket.connect = refuse("open a network connection")
+subprocess.Popen.__init__ = refuse("run a program (pip)")
+torch.nn.Module.__init__ = refuse("build a model")
+sys.path.insert(0, sys.argv[1])
+start = time.perf_counter()
+from tests.pack import load_pack
+pack = load_pack()
+print(json.dumps({
+    "seconds": time.perf_counter() - start,
+    "nodes": pack.NODE_CLASS_MAPPINGS and list(pack.NODE_CLASS_MAPPINGS),
+    "display": pack.NODE_DISPLAY_NAME_MAPPINGS,
+    "modules": sorted(m for m in sys.modules if m in ("nodes", "folder_paths", "comfy", "huggingface_hub")),
+}))
+"""
+
+
+def test_pack_import_is_fast_and_has_no_side_effects(tmp_path):
+    # A fresh interpreter, started outside the repository so that our nodes/
+    # folder cannot be found as a top-level module by accident.
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, str(REPO)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout.splitlines()[-1])
+    assert facts["nodes"] == [NODE]
+    assert facts["display"] == {NODE: "DDColor Colorize"}
+    # Not ComfyUI's top-level `nodes`, no ComfyUI module, and no downloader until a download happens.
+    assert facts["modules"] == []
+    assert facts["seconds"] < 2.0, f"import took {facts['seconds']:.2f} s"
+
+
+def test_mappings_point_at_the_node_class():
+    cls = pack.NODE_CLASS_MAPPINGS[NODE]
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS[NODE] == "DDColor Colorize"
+    assert callable(getattr(cls(), cls.FUNCTION))
+    assert "comfy_entrypoint" not in vars(pack)
+
+
+def test_register_models_folder_is_a_no_op_without_comfyui():
+    assert models.register_models_folder() is None
+
+
+# ----------------------------------------------------------------------------- the node's contract
+
+
+@pytest.fixture
+def node_class():
+    return pack.NODE_CLASS_MAPPINGS[NODE]
+
+
+def test_node_identity(node_class):
+    assert node_class.CATEGORY == "image/color"
+    assert node_class.RETURN_TYPES == ("IMAGE",)
+    assert node_class.RETURN_NAMES == ("image",)
+    assert len(node_class.OUTPUT_TOOLTIPS) == 1 and node_class.OUTPUT_TOOLTIPS[0]
+    assert "DDColor" in node_class.DESCRIPTION and len(node_class.DESCRIPTION) > 80
+
+
+def test_input_types_order_and_defaults(node_class):
+    types = node_class.INPUT_TYPES()
+    assert list(types) == ["required", "optional"]
+    assert list(types["required"]) == ["image", "precision", "size"]
+    assert list(types["optional"]) == ["model"]
+    assert types["required"]["image"][0] == "IMAGE"
+
+    precision, options = types["required"]["precision"]
+    assert precision == ["fp16", "fp32", "bf16", "auto"] and options["default"] == "fp16"
+
+    kind, options = types["required"]["size"]
+    assert kind == "INT"
+    assert {k: options[k] for k in ("default", "min", "max", "step")} == {"default": 512, "min": 256, "max": 2048, "step": 32}
+    assert "control_after_generate" not in options  # it would add a hidden widget value
+
+    choices, options = types["optional"]["model"]
+    assert choices == PUBLISHED_NAMES  # no ComfyUI here: no model folder to list
+    assert options["default"] == "ddcolor_modelscope"
+
+
+def test_widget_values_are_precision_size_model(node_class):
+    spec = spec_from_node_class(NODE, node_class)
+    assert [name for name, _ in spec.widgets()] == ["precision", "size", "model"]
+
+
+def test_every_input_has_a_tooltip(node_class):
+    types = node_class.INPUT_TYPES()
+    for section in types.values():
+        for name, declaration in section.items():
+            assert len(declaration[1].get("tooltip", "")) > 20, f"{name} has no useful tooltip"
+
+
+def test_size_tooltip_gives_the_preset_ranges(node_class):
+    tooltip = node_class.INPUT_TYPES()["required"]["size"][1]["tooltip"]
+    assert "460-680" in tooltip and "960-1280" in tooltip and "32" in tooltip
+
+
+def test_model_is_optional_in_the_signature(node_class):
+    # Prompts and workflows saved before the model widget existed send only precision and size.
+    signature = inspect.signature(getattr(node_class, node_class.FUNCTION))
+    assert list(signature.parameters) == ["self", "image", "precision", "size", "model"]
+    assert signature.parameters["model"].default == "ddcolor_modelscope"
+
+
+# ----------------------------------------------------------------------------- model files
+
+
+def test_model_choices_list_published_then_files():
+    files = ["zz_custom.safetensors", "old/ddcolor_v1.pth", "notes.txt", "ddcolor_modelscope.pth",
+             ".cache/huggingface/download/ddcolor_paper.pth.incomplete", ".cache/x.pth", "sub/.hidden.pth"]
+    assert models.model_choices(files) == [*PUBLISHED_NAMES, "old/ddcolor_v1.pth", "zz_custom.safetensors"]
+
+
+def test_published_checkpoint_is_found_in_any_model_folder(tmp_path):
+    first, second = tmp_path / "models" / "ddcolor", tmp_path / "extra"
+    first.mkdir(parents=True)
+    second.mkdir()
+    (second / "ddcolor_artistic.pth").write_bytes(b"x")
+    assert models.locate_checkpoint("ddcolor_artistic", [first, second]) == second / "ddcolor_artistic.pth"
+
+
+def test_custom_checkpoint_is_found_by_relative_name(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mine.safetensors").write_bytes(b"x")
+    assert models.locate_checkpoint("sub/mine.safetensors", [tmp_path]) == tmp_path / "sub" / "mine.safetensors"
+
+
+def test_missing_custom_checkpoint_names_the_folder_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        models.locate_checkpoint("gone.pth", [tmp_path])
+    message = str(error.value)
+    assert "gone.pth" in message and str(tmp_path) in message and "ddcolor_modelscope" in message
+
+
+@pytest.mark.parametrize("name", ["../secret.pth", "/etc/passwd"])
+def test_names_outside_the_folder_are_refused(tmp_path, name):
+    with pytest.raises(FileNotFoundError, match="inside the ddcolor model folder"):
+        models.locate_checkpoint(name, [tmp_path])
+
+
+def test_offline_missing_published_checkpoint_names_file_url_and_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    with pytest.raises(engine.DownloadError) as error:
+        models.locate_checkpoint("ddcolor_paper_tiny", [tmp_path])
+    message = str(error.value)
+    assert "ddcolor_paper_tiny.pth" in message
+    assert "https://huggingface.co/piddnad/DDColor-models/resolve/main/ddcolor_paper_tiny.pth" in message
+    assert str(tmp_path) in message
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    with fake_hub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield server
+
+
+def test_missing_published_checkpoint_is_downloaded_into_the_first_folder(tmp_path, hub):
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    hub.files["/piddnad/DDColor-models/resolve/main/ddcolor_paper_tiny.pth"] = payload
+    first, second = tmp_path / "models" / "ddcolor", tmp_path / "extra"
+    reports = []
+    path = models.locate_checkpoint("ddcolor_paper_tiny", [first, second], lambda done, total: reports.append((done, total)))
+    assert path == first / "ddcolor_paper_tiny.pth"
+    assert path.read_bytes() == payload
+    assert reports and reports[-1] == (len(payload), len(payload))
+    # Present now: no second download.
+    count = len(hub.requests)
+    assert models.locate_checkpoint("ddcolor_paper_tiny", [first, second]) == path
+    assert len(hub.requests) == count
+
+
+def test_failed_download_names_file_url_and_folder(tmp_path, hub):
+    # The hub answers 404 (a renamed file, a mirror without it): the error says how to get it by hand.
+    with pytest.raises(engine.DownloadError) as error:
+        models.locate_checkpoint("ddcolor_artistic", [tmp_path])
+    message = str(error.value)
+    assert "ddcolor_artistic.pth" in message
+    assert f"{hub.endpoint}/piddnad/DDColor-models/resolve/main/ddcolor_artistic.pth" in message
+    assert str(tmp_path) in message
+    assert not (tmp_path / "ddcolor_artistic.pth").exists()
+
+
+# ----------------------------------------------------------------------------- the model cache
+
+
+def test_cache_reuses_the_model_for_the_same_key():
+    cache, built = models.ModelCache(), []
+    first = cache.get(("a", "fp16"), lambda: built.append(1) or object())
+    assert cache.get(("a", "fp16"), lambda: built.append(2) or object()) is first
+    assert built == [1]
+
+
+def test_cache_replaces_the_model_when_the_key_changes():
+    cache, held_while_building = models.ModelCache(), []
+
+    def build(name):
+        held_while_building.append(cache._value)
+        return name
+
+    cache.get(("a", "fp16"), lambda: build("a"))
+    assert cache.get(("a", "fp32"), lambda: build("a32")) == "a32"
+    assert cache.get(("b", "fp32"), lambda: build("b")) == "b"
+    # The old model was dropped before the new one was built: never two in memory.
+    assert held_while_building == [None, None, None]
+
+
+def test_cache_is_empty_after_a_failed_build():
+    cache = models.ModelCache()
+    cache.get("a", lambda: "model a")
+    with pytest.raises(RuntimeError):
+        cache.get("b", lambda: (_ for _ in ()).throw(RuntimeError("bad file")))
+    assert cache.get("b", lambda: "model b") == "model b"
+
+
+def test_cache_key_changes_when_the_file_is_replaced(tmp_path):
+    path = tmp_path / "m.pth"
+    path.write_bytes(b"one")
+    key = models.cache_key(path, "fp16", "cuda:0")
+    assert models.cache_key(path, "fp16", "cuda:0") == key
+    assert models.cache_key(path, "fp32", "cuda:0") != key
+    path.write_bytes(b"two, longer")
+    assert models.cache_key(path, "fp16", "cuda:0") != key
+
+
+def test_activation_estimate_scales_with_pixels_and_precision():
+    class Stub:
+        precision = "fp16"
+
+    half = colorize_module._activation_bytes(Stub(), 512)
+    Stub.precision = "fp32"
+    assert colorize_module._activation_bytes(Stub(), 512) == 2 * half
+    assert colorize_module._activation_bytes(Stub(), 1024) == 8 * half
+    assert 50e6 < half < 1e9  # one 512 image in fp16: hundreds of MB, as measured for the engine
+
+
+# ----------------------------------------------------------------------------- locales
+
+
+def load_locale(lang: str, name: str = "nodeDefs.json") -> dict:
+    return json.loads((REPO / "locales" / lang / name).read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_locale_covers_the_node(lang, node_class):
+    entry = load_locale(lang)[NODE]
+    assert entry["display_name"] and entry["description"]
+    declared = {name for section in node_class.INPUT_TYPES().values() for name in section}
+    assert set(entry["inputs"]) == declared
+    for name, texts in entry["inputs"].items():
+        assert texts["name"] and texts["tooltip"], f"{lang}: {name}"
+    assert set(entry["outputs"]) == {"0"} and entry["outputs"]["0"]["tooltip"]
+
+
+def test_english_locale_matches_the_node(node_class):
+    entry = load_locale("en")[NODE]
+    assert entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[NODE]
+    assert entry["description"] == node_class.DESCRIPTION
+    for section in node_class.INPUT_TYPES().values():
+        for name, declaration in section.items():
+            assert entry["inputs"][name] == {"name": name, "tooltip": declaration[1]["tooltip"]}
+    assert entry["outputs"]["0"] == {"name": "image", "tooltip": node_class.OUTPUT_TOOLTIPS[0]}
+
+
+def test_chinese_locale_is_translated():
+    en, zh = load_locale("en")[NODE], load_locale("zh")[NODE]
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    for key in ("display_name", "description"):
+        assert cjk.search(zh[key]) and zh[key] != en[key]
+    for name in en["inputs"]:
+        assert cjk.search(zh["inputs"][name]["tooltip"])
+    # Numbers users act on survive translation.
+    assert "460" in zh["inputs"]["size"]["tooltip"] and "1280" in zh["inputs"]["size"]["tooltip"]
+    assert load_locale("zh", "main.json")["nodeCategories"]["color"]
+
+
+# ----------------------------------------------------------------------------- packaging
+
+
+def test_requirements_match_the_runtime_dependencies_without_torch():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    listed = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert not [r for r in listed if re.match(r"torch\b", r)], "ComfyUI brings its own torch"
+    assert sorted(listed) == sorted(d for d in project["dependencies"] if not re.match(r"torch\b", d))
+
+
+def test_weights_readme_lists_every_published_checkpoint():
+    text = (REPO / "weights" / "README.md").read_text()
+    for entry in engine.PUBLISHED.values():
+        assert f"`{entry.name}`" in text and entry.url("https://huggingface.co") in text
+        assert entry.variant in text
+
+
+def test_pack_does_not_install_nodes_as_a_top_level_package():
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "nodes" not in setuptools.get("packages", [])
+
