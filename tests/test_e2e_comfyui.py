@@ -1,0 +1,517 @@
+"""End to end against a real ComfyUI: the server, the node, the presets, the frontend.
+
+Skipped unless COMFYUI_PATH points at a ComfyUI checkout (see
+tests/comfyui_server.py for COMFYUI_PYTHON). The browser tests also need
+Debian's /usr/bin/chromium and the `playwright` package (its driver only,
+never a downloaded browser) and skip without them. Set DDCOLOR_SCREENSHOT_DIR
+to keep the canvas screenshots (e.g. docs/).
+
+One server runs for the whole module, with calibrated synthetic checkpoints
+(real weights cannot be downloaded here; fixtures of tests/conftest.py): the "tiny" layout linked as
+models/ddcolor/ddcolor_modelscope.pth, a "small" one as custom/my_ddcolor.pth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.comfyui_server import (
+    PACK_FOLDER_NAME,
+    ComfyUIUnavailable,
+    PromptRejected,
+    comfyui_paths,
+    comfyui_server,
+)
+from tests.fake_hub import fake_hub
+from tests.workflow_check import CORE_NODES_FILE, core_specs, spec_from_object_info
+
+try:
+    comfyui_paths()
+except ComfyUIUnavailable as reason:
+    pytest.skip(str(reason), allow_module_level=True)
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO.parent / "shared" / "fixtures"
+NODE = "DDColor-ddcolorize"
+PRESETS = {"ddcolor_person": ("einstein.png", 640), "ddcolor_building": ("ny_riverfront_1931.jpg", 1024)}
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory, tiny_checkpoint, small_checkpoint):
+    if not FIXTURES.is_dir():
+        pytest.skip(f"no test photos in {FIXTURES}")
+    checkpoint, other = tiny_checkpoint, small_checkpoint
+    # A user's own ddcolor folder from extra_model_paths.yaml, which our registration must keep.
+    extra = tmp_path_factory.mktemp("extra_models")
+    (extra / "ddcolor").mkdir()
+    (extra / "ddcolor" / "extra_ddcolor.pth").symlink_to(checkpoint)
+    config = extra / "extra_model_paths.yaml"
+    config.write_text(f"mine:\n  base_path: {extra}\n  ddcolor: ddcolor\n")
+    with comfyui_server(
+        {"ddcolor_modelscope.pth": checkpoint, "custom/my_ddcolor.pth": other, ".cache/huggingface/partial.pth": checkpoint},
+        inputs=[FIXTURES / name for name, _ in PRESETS.values()],
+        extra_args=["--extra-model-paths-config", str(config)],
+    ) as server:
+        yield server
+
+
+def api_preset(name: str) -> dict:
+    return json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+
+
+def ddcolor_id(prompt: dict) -> str:
+    return next(i for i, n in prompt.items() if n["class_type"] == NODE)
+
+
+def small_prompt(size: int = 256, image: str = "einstein.png", **ddcolor_inputs) -> dict:
+    """The person preset at a small size (CPU time), reading ``image``."""
+    prompt = api_preset("ddcolor_person")
+    prompt["1"]["inputs"]["image"] = image
+    prompt[ddcolor_id(prompt)]["inputs"].update(size=size, **ddcolor_inputs)
+    return prompt
+
+
+def run(comfy, prompt: dict, timeout: float = 600) -> dict:
+    """Queue ``prompt`` and return its /history entry once it has finished."""
+    return comfy.wait(comfy.queue(prompt), timeout=timeout)
+
+
+def output_file(comfy, entry: dict, node_id: str) -> Path:
+    """The one image node ``node_id`` wrote in a finished prompt."""
+    (path,) = comfy.output_files({"outputs": {node_id: entry["outputs"][node_id]}})
+    return path
+
+
+def status_message(entry: dict, kind: str) -> dict | None:
+    return next((data for name, data in entry["status"]["messages"] if name == kind), None)
+
+
+def loads_in_log(comfy) -> int:
+    return len(re.findall(r"ddcolor: loaded ", comfy.log()))
+
+
+# ----------------------------------------------------------------------------- what the server says about us
+
+
+def test_object_info_lists_the_node_with_its_widgets(comfy):
+    info = comfy.get(f"/object_info/{NODE}")[NODE]
+    assert info["display_name"] == "DDColor Colorize"
+    assert info["category"] == "image/color"
+    assert info["description"] and info["output"] == ["IMAGE"] and info["output_tooltips"][0]
+    assert info["input_order"] == {"required": ["image", "precision", "size"], "optional": ["model"]}
+    required, optional = info["input"]["required"], info["input"]["optional"]
+    assert required["precision"][0] == ["fp16", "fp32", "bf16", "auto"] and required["precision"][1]["default"] == "fp16"
+    assert {k: required["size"][1][k] for k in ("default", "min", "max", "step")} == {"default": 512, "min": 256, "max": 2048, "step": 32}
+    assert "control_after_generate" not in required["size"][1]
+    # models/ddcolor is registered: its files are listed after the published names,
+    # the downloaded default only once, download leftovers in .cache never.
+    choices = optional["model"][0]
+    assert choices == [
+        "ddcolor_modelscope", "ddcolor_artistic", "ddcolor_paper", "ddcolor_paper_tiny",
+        "custom/my_ddcolor.pth", "extra_ddcolor.pth",
+    ]
+    assert optional["model"][1]["default"] == "ddcolor_modelscope"
+    for declaration in [*required.values(), *optional.values()]:
+        assert declaration[1]["tooltip"]
+
+
+def test_models_folder_is_registered_first_and_keeps_the_users_folders(comfy):
+    (ddcolor,) = [f for f in comfy.get("/experiment/models") if f["name"] == "ddcolor"]
+    folders = [Path(f) for f in ddcolor["folders"]]
+    assert folders[0] == comfy.base / "models" / "ddcolor"  # where downloads go
+    assert any(f.name == "ddcolor" and f.parent.name.startswith("extra_models") for f in folders[1:])
+    files = {f["name"] for f in comfy.get("/experiment/models/ddcolor")}
+    assert {"ddcolor_modelscope.pth", "custom/my_ddcolor.pth", "extra_ddcolor.pth"} <= files
+    # A model from the user's folder runs.
+    assert run(comfy, small_prompt(256, model="extra_ddcolor.pth"))["status"]["status_str"] == "success"
+
+
+def test_core_nodes_list_matches_the_real_server(comfy):
+    """tests/core_nodes.json (used by the contract tests) says what this ComfyUI says."""
+    written = json.loads(CORE_NODES_FILE.read_text())
+    for name, entry in written.items():
+        if name.startswith("_") or entry.get("frontend_only"):
+            continue
+        ours = spec_from_object_info(name, entry)
+        real = spec_from_object_info(name, comfy.get(f"/object_info/{name}")[name])
+        assert [(i.name, i.type, i.optional) for i in ours.inputs] == [(i.name, i.type, i.optional) for i in real.inputs], name
+        assert ours.outputs == real.outputs and ours.output_node == real.output_node, name
+        for mine, theirs in zip(ours.inputs, real.inputs):
+            for key, value in mine.options.items():
+                assert theirs.options.get(key) == value, f"{name}.{mine.name}.{key}"
+
+
+def test_locales_are_served(comfy):
+    translations = comfy.get("/i18n")
+    assert translations["en"]["nodeDefs"][NODE]["display_name"] == "DDColor Colorize"
+    assert translations["zh"]["nodeDefs"][NODE]["display_name"] == "DDColor 上色"
+    assert translations["zh"]["nodeCategories"]["color"] == "颜色"
+
+
+def test_presets_are_listed_as_templates(comfy):
+    assert sorted(comfy.get("/workflow_templates")[PACK_FOLDER_NAME]) == ["ddcolor_building", "ddcolor_person"]
+    for name in PRESETS:
+        with urllib.request.urlopen(f"{comfy.url}/api/workflow_templates/{PACK_FOLDER_NAME}/{name}.jpg") as response:
+            assert response.headers["Content-Type"] == "image/jpeg"
+
+
+# ----------------------------------------------------------------------------- running prompts
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_runs_and_returns_images_of_the_right_size(comfy, preset):
+    photo, size = PRESETS[preset]
+    prompt = api_preset(preset)
+    prompt["1"]["inputs"]["image"] = photo
+    client = uuid.uuid4().hex
+    start = time.perf_counter()
+    with comfy.messages(client) as messages:
+        entry = comfy.wait(comfy.queue(prompt, client_id=client), timeout=600)
+        seconds = time.perf_counter() - start
+        time.sleep(0.5)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    print(f"{preset} at {size}: {seconds:.1f} s on the CPU (tiny calibrated checkpoint)")
+
+    width, height = Image.open(FIXTURES / photo).size
+    saved, preview = output_file(comfy, entry, "3"), output_file(comfy, entry, "5")
+    # Node 3 saves the colorized photo at the photo's size; node 5 previews before | 16 px | after.
+    assert Image.open(saved).size == (width, height) and Image.open(saved).mode == "RGB"
+    assert Image.open(preview).size == (2 * width + 16, height)
+    progress = [m["data"] for m in messages if m["type"] == "progress" and m["data"].get("node") == ddcolor_id(prompt)]
+    assert progress and progress[-1]["value"] == progress[-1]["max"] == 1
+
+
+def test_colorized_output_has_color(comfy):
+    entry = run(comfy, small_prompt(256))
+    saved = output_file(comfy, entry, "3")
+    pixels = np.asarray(Image.open(saved).convert("RGB"), dtype=np.float32)
+    gray = np.asarray(Image.open(FIXTURES / "einstein.png").convert("L"), dtype=np.float32)
+    assert np.abs(pixels[..., 0] - pixels[..., 2]).mean() > 3  # not gray any more
+    assert np.corrcoef(pixels.mean(-1).ravel(), gray.ravel())[0, 1] > 0.9  # same picture
+
+
+def test_size_change_reuses_the_model_and_model_change_reloads(comfy):
+    run(comfy, small_prompt(256))
+    loads = loads_in_log(comfy)
+    for size in (288, 320):
+        assert run(comfy, small_prompt(size))["status"]["status_str"] == "success"
+    # fp16 and fp32 both run fp32 on a CPU: the same model, no reload either.
+    assert run(comfy, small_prompt(256, precision="fp32"))["status"]["status_str"] == "success"
+    assert loads_in_log(comfy) == loads
+    assert run(comfy, small_prompt(256, model="custom/my_ddcolor.pth"))["status"]["status_str"] == "success"
+    assert loads_in_log(comfy) == loads + 1
+
+
+def test_size_off_the_grid_is_rounded_and_said(comfy):
+    entry = run(comfy, small_prompt(460))
+    assert entry["status"]["status_str"] == "success"
+    assert "size 460 is not a multiple of 32; using 448" in comfy.log()
+
+
+def test_old_prompt_without_model_runs_with_the_default(comfy):
+    prompt = small_prompt(256)
+    del prompt[ddcolor_id(prompt)]["inputs"]["model"]
+    assert run(comfy, prompt)["status"]["status_str"] == "success"
+
+
+@pytest.mark.parametrize("change,error", [
+    ({"size": 4096}, "value_bigger_than_max"),
+    ({"size": 100}, "value_smaller_than_min"),
+    ({"precision": "fp8"}, "value_not_in_list"),
+    ({"model": "missing.pth"}, "value_not_in_list"),
+    ({"image": None}, "required_input_missing"),
+])
+def test_malformed_prompt_gets_a_validation_error(comfy, change, error):
+    prompt = small_prompt(256)
+    inputs = prompt[ddcolor_id(prompt)]["inputs"]
+    for key, value in change.items():
+        if value is None:
+            del inputs[key]
+        else:
+            inputs[key] = value
+    with pytest.raises(PromptRejected) as rejected:
+        comfy.queue(prompt)
+    assert rejected.value.status == 400
+    node_errors = rejected.value.body["node_errors"][ddcolor_id(prompt)]["errors"]
+    assert error in [e["type"] for e in node_errors], node_errors
+    comfy.check_alive()
+
+
+def test_unknown_node_type_is_rejected(comfy):
+    prompt = small_prompt(256)
+    prompt[ddcolor_id(prompt)]["class_type"] = "DDColor-colorize-typo"
+    with pytest.raises(PromptRejected) as rejected:
+        comfy.queue(prompt)
+    assert rejected.value.body["error"]["type"] == "invalid_prompt"
+    assert "DDColor-colorize-typo" in rejected.value.body["error"]["message"]
+
+
+def test_missing_published_checkpoint_offline_fails_clearly(comfy):
+    entry = run(comfy, small_prompt(256, model="ddcolor_artistic"))
+    error = status_message(entry, "execution_error")
+    assert entry["status"]["status_str"] == "error" and error["node_type"] == NODE
+    message = error["exception_message"]
+    assert "ddcolor_artistic.pth" in message
+    assert "https://huggingface.co/piddnad/DDColor-models/resolve/main/ddcolor_artistic.pth" in message
+    assert str(comfy.base / "models" / "ddcolor") in message
+    # The server is fine and the next prompt runs.
+    assert run(comfy, small_prompt(288))["status"]["status_str"] == "success"
+
+
+def test_missing_published_checkpoint_is_downloaded_with_progress_on_the_node(small_checkpoint):
+    """First use of a published model: downloaded into models/ddcolor, progress shown on the node."""
+    payload = small_checkpoint.read_bytes()  # stands in for ddcolor_paper_tiny.pth
+    with fake_hub({"/piddnad/DDColor-models/resolve/main/ddcolor_paper_tiny.pth": payload}) as hub, comfyui_server(
+        inputs=[FIXTURES / "einstein.png"], offline=False, env={"HF_ENDPOINT": hub.endpoint}
+    ) as server:
+        prompt = small_prompt(256, model="ddcolor_paper_tiny")
+        client = uuid.uuid4().hex
+        with server.messages(client) as messages:
+            entry = server.wait(server.queue(prompt, client_id=client))
+            time.sleep(0.5)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        downloaded = server.base / "models" / "ddcolor" / "ddcolor_paper_tiny.pth"
+        assert downloaded.read_bytes() == payload
+        bars = [m["data"] for m in messages if m["type"] == "progress" and m["data"].get("node") == ddcolor_id(prompt)]
+        assert any(b["max"] == len(payload) for b in bars), bars  # the download, in bytes
+        assert bars[-1]["value"] == bars[-1]["max"] == 1  # then the image
+        # Listed by its published name only, and not downloaded again.
+        choices = server.get(f"/object_info/{NODE}")[NODE]["input"]["optional"]["model"][0]
+        assert choices.count("ddcolor_paper_tiny") == 1 and "ddcolor_paper_tiny.pth" not in choices
+        requests = len(hub.requests)
+        assert run(server, small_prompt(288, model="ddcolor_paper_tiny"))["status"]["status_str"] == "success"
+        assert len(hub.requests) == requests
+
+
+def test_interrupt_stops_a_batch_between_chunks(comfy):
+    prompt = small_prompt(256)
+    node = ddcolor_id(prompt)
+    prompt["10"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 40}}
+    prompt[node]["inputs"]["image"] = ["10", 0]
+    client = uuid.uuid4().hex
+    with comfy.messages(client) as messages:
+        prompt_id = comfy.queue(prompt, client_id=client)
+        deadline = time.monotonic() + 300
+        while not any(m["type"] == "progress" and m["data"].get("node") == node for m in messages):
+            assert time.monotonic() < deadline, "no progress from the node"
+            time.sleep(0.05)
+        comfy.post("/interrupt")
+        entry = comfy.wait(prompt_id)
+    assert status_message(entry, "execution_interrupted")["node_id"] == node
+    done = [m["data"]["value"] for m in messages if m["type"] == "progress" and m["data"].get("node") == node]
+    assert done[-1] < 40, "the whole batch ran despite the interrupt"
+    assert run(comfy, small_prompt(256))["status"]["status_str"] == "success"
+
+
+def test_memory_stays_flat_over_20_runs(comfy):
+    # Alternate sizes so that the node really runs each time (ComfyUI caches a
+    # node whose inputs did not change since the last prompt).
+    samples = []
+    for i in range(20):
+        prompt = small_prompt(256 if i % 2 else 288)
+        entry = run(comfy, prompt)
+        assert entry["status"]["status_str"] == "success"
+        assert ddcolor_id(prompt) not in status_message(entry, "execution_cached")["nodes"]
+        samples.append(comfy.rss_bytes())
+    mib = [round(s / 2**20) for s in samples]
+    print(f"server RSS over 20 runs (MiB): {mib}")
+    settled = samples[4:]  # allocator warm-up in the first runs
+    growth = settled[-1] - settled[0]
+    assert growth < 16 * 2**20, f"RSS grew {growth / 2**20:.0f} MiB over 16 runs: {mib}"
+    # No steady climb either: the last runs are not all above the middle ones.
+    assert min(settled[-5:]) <= max(settled[:8]) + 16 * 2**20, mib
+
+
+def test_node_inside_comfyui_memory_management_progress_and_interrupt(tmp_path, tiny_checkpoint, small_checkpoint):
+    """Checks that need ComfyUI's own objects; see tests/comfyui_inprocess.py."""
+    comfy_root, python = comfyui_paths()
+    for sub in ("custom_nodes", "models/ddcolor"):
+        (tmp_path / sub).mkdir(parents=True)
+    (tmp_path / "custom_nodes" / PACK_FOLDER_NAME).symlink_to(REPO)
+    (tmp_path / "models" / "ddcolor" / "ddcolor_modelscope.pth").symlink_to(tiny_checkpoint)
+    (tmp_path / "models" / "ddcolor" / "other.pth").symlink_to(small_checkpoint)
+    result = subprocess.run(
+        [python, str(REPO / "tests" / "comfyui_inprocess.py"), str(comfy_root), str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    lines = [l for l in result.stdout.splitlines() if l.startswith("FACTS ")]
+    assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-3000:]
+    facts = json.loads(lines[-1].removeprefix("FACTS "))
+    assert facts["output_shape"] == [3, 90, 120, 3]
+    assert facts["progress"] == [[1, 3], [2, 3], [3, 3]]  # one step per chunk (one image per chunk on a CPU)
+    assert facts["loaded_after_run"] == [True]  # our ModelPatcher is in ComfyUI's loaded models
+    assert facts["loaded_after_unload_all"] == 0  # ComfyUI can unload it...
+    assert facts["same_patcher_after_reload"] and facts["loaded_after_reload"] == 1  # ...and it comes back
+    assert facts["after_unload_others"] == ["DDColor"]  # the out-of-memory retry frees others, not ours
+    assert facts["alpha_kept"]
+    assert facts["loaded_after_switch"] == 1 and facts["old_model_freed"]  # no leak across models
+    assert facts["interrupt"] == "raised" and facts["progress_before_interrupt"] == [[1, 4]]
+    assert facts["leak_warnings"] == []
+    assert facts["precision_notes"] == 1  # fp16 -> fp32 on a CPU is said once, not per prompt
+
+
+# ----------------------------------------------------------------------------- the frontend
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed", exc_type=ImportError)
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
+        yield instance
+        instance.close()
+
+
+def open_frontend(comfy, browser, settings: dict | None = None):
+    # Saved before the page loads: the template dialog would otherwise cover the canvas.
+    for key, value in {"Comfy.TutorialCompleted": True, **(settings or {})}.items():
+        comfy.post(f"/settings/{key}", value)
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(comfy.url)
+    page.wait_for_function(
+        "() => window.app && window.app.graph && window.LiteGraph && 'DDColor-ddcolorize' in LiteGraph.registered_node_types",
+        timeout=120_000,
+    )
+    return page
+
+
+def drop_file(page, path: Path) -> None:
+    """A real file drop on the canvas: the frontend's own drop handler loads it."""
+    cdp = page.context.new_cdp_session(page)
+    data = {"items": [], "files": [str(path)], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):
+        cdp.send("Input.dispatchDragEvent", {"type": kind, "x": 800, "y": 500, "data": data})
+    cdp.detach()
+
+
+def graph_nodes(page) -> dict:
+    return page.evaluate(
+        """() => Object.fromEntries(app.graph._nodes.map(n => [n.id, {
+            type: n.type, title: n.title, widgets: (n.widgets || []).map(w => [w.name, w.value])}]))"""
+    )
+
+
+def wait_for_graph(page, node_ids: set) -> dict:
+    page.wait_for_function(
+        "ids => ids.every(id => app.graph.getNodeById(id))", arg=sorted(node_ids), timeout=30_000
+    )
+    page.wait_for_timeout(500)  # let dialogs (if any) open
+    return graph_nodes(page)
+
+
+def missing_nodes_dialogs(page) -> list[str]:
+    """Texts of open dialogs about missing nodes ("Some Nodes Are Missing ... not found")."""
+    texts = page.evaluate("() => [...document.querySelectorAll('.p-dialog')].map(d => d.innerText)")
+    return [t for t in texts if "Missing" in t or "not found" in t]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_opens_by_drag_and_drop_with_its_saved_values(comfy, browser, preset, tmp_path):
+    path = REPO / "workflows" / f"{preset}.json"
+    workflow = json.loads(path.read_text())
+    page = open_frontend(comfy, browser)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        drop_file(page, path)
+        shown = wait_for_graph(page, {n["id"] for n in workflow["nodes"]})
+        assert missing_nodes_dialogs(page) == []
+        assert page.evaluate("types => types.filter(t => !(t in LiteGraph.registered_node_types))",
+                             sorted({n["type"] for n in workflow["nodes"]})) == []
+        for node in workflow["nodes"]:
+            widgets = shown[str(node["id"])]["widgets"]
+            assert [value for _, value in widgets] == node["widgets_values"], node["type"]
+        # The frontend's own conversion to an API prompt is the API twin.
+        queued = page.evaluate("async () => (await app.graphToPrompt()).output")
+        twin = api_preset(preset)
+        assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in queued.items()} == \
+               {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in twin.items()}
+        assert errors == []
+        shot = tmp_path / f"{preset}_canvas.png"
+        page.screenshot(path=str(shot))
+        if os.environ.get("DDCOLOR_SCREENSHOT_DIR"):
+            target = Path(os.environ["DDCOLOR_SCREENSHOT_DIR"])
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, target / shot.name)
+    finally:
+        page.close()
+
+
+def test_missing_node_warning_is_detected(comfy, browser, tmp_path):
+    """The check above would see the frontend's warning: a workflow with an unknown node shows it."""
+    workflow = json.loads((REPO / "workflows" / "ddcolor_person.json").read_text())
+    workflow["nodes"][1]["type"] = "DDColorNodeThatDoesNotExist"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(workflow))
+    page = open_frontend(comfy, browser)
+    try:
+        drop_file(page, broken)
+        page.wait_for_function("() => document.querySelector('.p-dialog')", timeout=30_000)
+        (dialog,) = missing_nodes_dialogs(page)
+        assert "DDColorNodeThatDoesNotExist" in dialog
+    finally:
+        page.close()
+
+
+def test_frontend_widgets_follow_the_contract_rules(comfy, browser):
+    """What tests/workflow_check.py assumes about widgets, checked on the real frontend."""
+    page = open_frontend(comfy, browser)
+    try:
+        names = page.evaluate(
+            """types => Object.fromEntries(types.map(t => {
+                const node = LiteGraph.createNode(t);
+                return [t, (node.widgets || []).map(w => w.name)];
+            }))""",
+            ["LoadImage", "SaveImage", "PreviewImage", "ImageStitch", "Note", NODE],
+        )
+    finally:
+        page.close()
+    specs = {**core_specs(), NODE: spec_from_object_info(NODE, comfy.get(f"/object_info/{NODE}")[NODE])}
+    for kind, widget_names in names.items():
+        assert widget_names == [name for name, _ in specs[kind].widgets()], kind
+
+
+def test_old_workflow_without_model_widget_loads_the_default_model(comfy, browser, tmp_path):
+    workflow = json.loads((REPO / "workflows" / "ddcolor_person.json").read_text())
+    node = next(n for n in workflow["nodes"] if n["type"] == NODE)
+    node["widgets_values"] = ["fp32", 768]
+    node["inputs"] = [i for i in node["inputs"] if i["name"] != "model"]
+    old = tmp_path / "old_ddcolor.json"
+    old.write_text(json.dumps(workflow))
+    page = open_frontend(comfy, browser)
+    try:
+        drop_file(page, old)
+        shown = wait_for_graph(page, {n["id"] for n in workflow["nodes"]})
+        assert missing_nodes_dialogs(page) == []
+        assert shown[str(node["id"])]["widgets"] == [["precision", "fp32"], ["size", 768], ["model", "ddcolor_modelscope"]]
+    finally:
+        page.close()
+
+
+def test_chinese_locale_names_the_node(comfy, browser):
+    page = open_frontend(comfy, browser, {"Comfy.Locale": "zh"})
+    try:
+        title = page.evaluate("() => LiteGraph.createNode('DDColor-ddcolorize').title")
+        assert title == "DDColor 上色"
+    finally:
+        page.close()
+        comfy.post("/settings/Comfy.Locale", "en")
