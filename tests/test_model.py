@@ -1,0 +1,83 @@
+"""The network: exact parity with the original, the fused head, no retained activations."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ddcolor.layers
+from ddcolor.checkpoint import model_from_state_dict
+from tests.calibrated import calibration_images
+from tests.oracle import load_state, original_model, relative_difference
+
+PARITY_SIZES = [(256, 256), (512, 512), (320, 544)]
+
+
+@pytest.mark.parametrize("variant", ["tiny", "large"])
+def test_fp32_matches_the_original_architecture(variant, request):
+    state = load_state(request.getfixturevalue(f"{variant}_checkpoint"))
+    original = original_model(state)
+    ours = model_from_state_dict(dict(state))
+    for height, width in PARITY_SIZES:
+        x = calibration_images(max(height, width), count=1, seed=7)[..., :height, :width]
+        with torch.inference_mode():
+            expected, actual = original(x), ours(x)
+        assert actual.dtype == torch.float32 and actual.shape == (1, 2, height, width)
+        assert expected.std() > 5, "the calibrated checkpoint should give trained-scale ab"
+        assert relative_difference(expected, actual) < 1e-4, (variant, height, width)
+
+
+def literal_head(model, color_embed, features, x):
+    """The published computation: full-resolution maps, einsum, 1x1 refine."""
+    full = model.decoder.last_shuf(features)
+    maps = torch.einsum("bqc,bchw->bqhw", color_embed, full)
+    refine = model.refine_net[0][0]
+    return F.conv2d(torch.cat([maps, x], dim=1), refine.weight, refine.bias)
+
+
+@pytest.mark.parametrize("chunk_elements", [ddcolor.layers.CHUNK_ELEMENTS, 1])
+def test_fused_head_equals_literal_computation(small_checkpoint, monkeypatch, chunk_elements):
+    # chunk_elements=1 forces one sub-pixel group per chunk (16 chunks).
+    monkeypatch.setattr("ddcolor.model.CHUNK_ELEMENTS", chunk_elements)
+    model = model_from_state_dict(load_state(small_checkpoint))
+    x = (calibration_images(128, count=2, seed=3) - model.mean) / model.std
+    with torch.inference_mode():
+        scales = model.decoder.pixel_features(model.encoder(x))
+        color_embed = model.decoder.color_decoder(scales)
+        expected = literal_head(model, color_embed, scales[2], x)
+        actual = model.head(color_embed, scales[2], x)
+    assert relative_difference(expected, actual) < 1e-5
+
+
+def test_chunked_attention_and_mlp_equal_unchunked(small_checkpoint, monkeypatch):
+    model = model_from_state_dict(load_state(small_checkpoint))
+    x = calibration_images(128, count=2, seed=4)
+    with torch.inference_mode():
+        whole = model(x)
+        for module in ("ddcolor.layers", "ddcolor.convnext", "ddcolor.model"):
+            monkeypatch.setattr(f"{module}.CHUNK_ELEMENTS", 1)
+        chunked = model(x)
+    assert relative_difference(whole, chunked) < 1e-5
+
+
+def test_no_activation_is_kept_after_a_call(small_checkpoint):
+    model = model_from_state_dict(load_state(small_checkpoint))
+    owned = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
+    with torch.inference_mode():
+        model(calibration_images(128, count=1))
+    gc.collect()
+    for name, module in model.named_modules():
+        held = [k for k, v in vars(module).items() if isinstance(v, torch.Tensor) and id(v) not in owned]
+        assert not held, f"{name or 'model'} keeps {held} alive after forward"
+        assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_sizes_that_are_not_multiples_of_32_are_refused_clearly(small_checkpoint):
+    model = model_from_state_dict(load_state(small_checkpoint))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.rand(1, 3, 100, 128))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.rand(1, 1, 128, 128))
