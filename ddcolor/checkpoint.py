@@ -110,12 +110,12 @@ def _read_torch(path: Path) -> dict[str, Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         message = str(e)
-        if "Weights only load failed" in message:
+        if "Unsupported global" in message or "Unsupported class" in message:
             reason = "it contains Python objects besides tensors, and loading it could run code; refusing"
         elif "zip archive" in message or "central directory" in message:
             reason = "it is truncated or corrupt (an interrupted download?)"
         else:
-            reason = f"it is not a PyTorch checkpoint ({message.splitlines()[0] if message else type(e).__name__})"
+            reason = "it is not a PyTorch checkpoint (nor a safetensors file: those need the .safetensors suffix)"
         raise CheckpointError(f"cannot read {path}: {reason}") from e
     for wrapper in ("params", "params_ema", "state_dict", "model"):
         if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
