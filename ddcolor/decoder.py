@@ -68,7 +68,7 @@ class CrossAttentionLayer(nn.Module):
         self.norm = LayerNorm(dim)
 
     def forward(self, queries: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor) -> Tensor:
-        attended = self.multihead_attn(queries + query_pos, memory + memory_pos, memory)
+        attended = self.multihead_attn(queries + query_pos, memory, memory, key_pos=memory_pos)
         return self.norm(queries + attended)
 
 
@@ -139,8 +139,9 @@ class MultiScaleColorDecoder(nn.Module):
         for i, feature in enumerate(features):
             height, width = feature.shape[-2:]
             positions.append(sine_position_encoding(height, width, self.query_feat.weight.shape[1], feature.device).to(dtype))
-            memory = self.input_proj[i](feature).flatten(2).transpose(1, 2)
-            memories.append(memory + self.level_embed.weight[i].to(dtype))
+            projected = self.input_proj[i](feature).flatten(2).transpose(1, 2)
+            memories.append(projected + self.level_embed.weight[i].to(dtype))
+            del projected  # else the largest scale's projection outlives the loop
 
         batch = features[0].shape[0]
         # The query stream (100 x 256 per image) is kept FP32: it costs nothing

@@ -23,6 +23,10 @@ from torch import Tensor, nn
 # groups). Chunks are sized to stay under it so peak memory grows with the
 # image, not with the widest layer.
 CHUNK_ELEMENTS = 1 << 24
+# FP32 temporaries made in half precision (norm bands, attention logits) are
+# kept smaller still: they are what half precision would otherwise not save.
+NORM_CHUNK_ELEMENTS = 1 << 20
+ATTENTION_CHUNK_ELEMENTS = 1 << 20
 
 
 class Conv2d(nn.Conv2d):
@@ -54,14 +58,30 @@ class FP32Embedding(nn.Embedding):
     fp32_tensors = ("weight",)
 
 
+def in_fp32(x: Tensor, fn, dim: int) -> Tensor:
+    """``fn`` computed in FP32, returned in ``x``'s dtype.
+
+    A half ``x`` is upcast one band along ``dim`` at a time, so the FP32
+    temporaries stay small instead of doubling the activation. ``fn`` must
+    act independently on each slice along ``dim``.
+    """
+    if x.dtype == torch.float32:
+        return fn(x)
+    out = torch.empty_like(x)
+    step = max(1, NORM_CHUNK_ELEMENTS * x.shape[dim] // max(1, x.numel()))
+    for start in range(0, x.shape[dim], step):
+        band = x.narrow(dim, start, min(step, x.shape[dim] - start))
+        out.narrow(dim, start, band.shape[dim]).copy_(fn(band.float()))
+    return out
+
+
 class LayerNorm(nn.LayerNorm):
     """LayerNorm over the last dim, computed in FP32, returning the input dtype."""
 
     fp32_tensors = ("weight", "bias")
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps)
-        return y.to(x.dtype)
+        return in_fp32(x, lambda t: F.layer_norm(t, self.normalized_shape, self.weight, self.bias, self.eps), dim=-2)
 
 
 class LayerNorm2d(nn.Module):
@@ -80,8 +100,11 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.layer_norm(x.float().permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2).to(x.dtype)
+        def norm(t: Tensor) -> Tensor:
+            y = F.layer_norm(t.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
+            return y.permute(0, 3, 1, 2)
+
+        return in_fp32(x, norm, dim=2)
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -90,7 +113,9 @@ class BatchNorm2d(nn.BatchNorm2d):
     fp32_tensors = ("weight", "bias", "running_mean", "running_var")
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        if self.training:  # batch statistics need the whole batch at once
+            return super().forward(x.float()).to(x.dtype)
+        return in_fp32(x, super().forward, dim=2)
 
 
 def blur_upsampled(x: Tensor) -> Tensor:
@@ -102,8 +127,8 @@ class MultiheadAttention(nn.Module):
     """Multi-head attention with ``torch.nn.MultiheadAttention``'s parameter names.
 
     Batch-first ``(B, L, C)``. Projections and the value product run in the
-    weights' dtype; logits and softmax in FP32. Heads are processed in chunks so the ``(heads, Lq, Lk)``
-    score tensor never exceeds ``CHUNK_ELEMENTS``.
+    weights' dtype; logits and softmax in FP32, one head and a block of query
+    rows at a time, so no FP32 temporary exceeds ``ATTENTION_CHUNK_ELEMENTS``.
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -114,32 +139,51 @@ class MultiheadAttention(nn.Module):
         self.out_proj = Linear(dim, dim)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_pos: Tensor | None = None) -> Tensor:
+        """``key_pos`` (broadcast over the batch) is added to ``key`` band by band:
+        for cross-attention over a large image the sum is never built whole."""
         dtype = self.in_proj_weight.dtype
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
         q = self._heads(F.linear(query.to(dtype), w_q, b_q))
-        k = self._heads(F.linear(key.to(dtype), w_k, b_k))
+        k = self._heads(_project_with_position(key, key_pos, w_k, b_k))
         v = self._heads(F.linear(value.to(dtype), w_v, b_v))
         q = q * (1.0 / math.sqrt(q.shape[-1]))
 
         batch, heads, len_q, head_dim = q.shape
-        per_head = batch * len_q * k.shape[2]
-        step = max(1, CHUNK_ELEMENTS // per_head)
+        len_k = k.shape[2]
+        # Softmax is per query row, so heads and query rows can be blocked freely.
+        rows = max(1, ATTENTION_CHUNK_ELEMENTS // (batch * len_k))
         out = torch.empty_like(q)
-        for h in range(0, heads, step):
-            # Logits are formed in FP32 from half q and k (one head's k at a
-            # time): rounded to half, sharp attention shifts by percents.
-            scores = q[:, h : h + step].float() @ k[:, h : h + step].float().transpose(-1, -2)
-            weights = torch.softmax(scores, dim=-1).to(dtype)
-            del scores
-            out[:, h : h + step] = weights @ v[:, h : h + step]
+        for h in range(heads):
+            # Logits are formed in FP32 from half q and k: rounded to half,
+            # sharp attention would shift by percents.
+            keys = k[:, h].float().transpose(-1, -2)
+            for r in range(0, len_q, rows):
+                scores = q[:, h, r : r + rows].float() @ keys
+                scores -= scores.amax(dim=-1, keepdim=True)  # softmax, in place
+                scores.exp_()
+                scores /= scores.sum(dim=-1, keepdim=True)
+                out[:, h, r : r + rows] = scores.to(dtype) @ v[:, h]
+            del keys
         out = out.transpose(1, 2).reshape(batch, len_q, heads * head_dim)
         return self.out_proj(out)
 
     def _heads(self, x: Tensor) -> Tensor:
         batch, length, dim = x.shape
         return x.view(batch, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+
+
+def _project_with_position(x: Tensor, pos: Tensor | None, weight: Tensor, bias: Tensor) -> Tensor:
+    """``linear(x + pos)`` over (B, L, C), computed over bands of L when ``pos`` is given."""
+    if pos is None:
+        return F.linear(x.to(weight.dtype), weight, bias)
+    out = x.new_empty(*x.shape[:-1], weight.shape[0], dtype=weight.dtype)
+    step = max(1, NORM_CHUNK_ELEMENTS // (x.shape[0] * x.shape[-1]))
+    for start in range(0, x.shape[1], step):
+        band = x[:, start : start + step] + pos[:, start : start + step]
+        out[:, start : start + step] = F.linear(band.to(weight.dtype), weight, bias)
+    return out
 
 
 def sine_position_encoding(height: int, width: int, dim: int, device: torch.device) -> Tensor:

@@ -89,8 +89,8 @@ class DDColor(nn.Module):
                 f"DDColor needs height and width that are multiples of {SIZE_MULTIPLE}; got {tuple(x.shape[2:])}. "
                 "Resize the input (ddcolor.colorize does this for you)."
             )
-        x = (x.float() - self.mean) / self.std
-        taps = self.encoder(x)
+        x = x.float()
+        taps = self.encoder((x - self.mean) / self.std)
         scales = self.decoder.pixel_features(taps)
         del taps
         color_embed = self.decoder.color_decoder(scales)
@@ -99,7 +99,7 @@ class DDColor(nn.Module):
     def head(self, color_embed: Tensor, features: Tensor, x: Tensor) -> Tensor:
         """Fused ``refine([color_embed . last_shuf(features), x])`` (see module docstring).
 
-        color_embed (B, Q, C), features (B, C_in, h, w), x normalized input (B, 3, 4h, 4w).
+        color_embed (B, Q, C), features (B, C_in, h, w), x the input (B, 3, 4h, 4w).
         """
         refine = self.refine_net[0][0]
         conv = self.decoder.last_shuf.conv[0]
@@ -125,4 +125,8 @@ class DDColor(nn.Module):
             mixed = mixing[:, None] @ y  # (B, n, 2, h*w)
             sub_pixels[:, :, g : g + n] = mixed.view(batch, n, 2, height, width).transpose(1, 2)
         ab = blur_upsampled(F.pixel_shuffle(sub_pixels.view(batch, 2 * groups, height, width), scale))
-        return ab + F.conv2d(x, weight_x[:, :, None, None], refine.bias.float())
+        # refine sees the normalized input (x - mean) / std; fold that into its
+        # weights rather than keep a normalized copy of the image alive.
+        weight_x = weight_x / self.std.view(1, 3)
+        bias = refine.bias.float() - weight_x @ self.mean.view(3)
+        return ab + F.conv2d(x, weight_x[:, :, None, None], bias)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import ddcolor.layers
 from ddcolor.checkpoint import model_from_state_dict
+from ddcolor.precision import apply_precision
 from tests.calibrated import calibration_images
 from tests.oracle import load_state, original_model, relative_difference
 
@@ -43,22 +44,26 @@ def test_fused_head_equals_literal_computation(small_checkpoint, monkeypatch, ch
     # chunk_elements=1 forces one sub-pixel group per chunk (16 chunks).
     monkeypatch.setattr("ddcolor.model.CHUNK_ELEMENTS", chunk_elements)
     model = model_from_state_dict(load_state(small_checkpoint))
-    x = (calibration_images(128, count=2, seed=3) - model.mean) / model.std
+    x = calibration_images(128, count=2, seed=3)
+    normalized = (x - model.mean) / model.std
     with torch.inference_mode():
-        scales = model.decoder.pixel_features(model.encoder(x))
+        scales = model.decoder.pixel_features(model.encoder(normalized))
         color_embed = model.decoder.color_decoder(scales)
-        expected = literal_head(model, color_embed, scales[2], x)
+        expected = literal_head(model, color_embed, scales[2], normalized)
         actual = model.head(color_embed, scales[2], x)
     assert relative_difference(expected, actual) < 1e-5
 
 
-def test_chunked_attention_and_mlp_equal_unchunked(small_checkpoint, monkeypatch):
-    model = model_from_state_dict(load_state(small_checkpoint))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_chunked_attention_norms_and_mlp_equal_unchunked(small_checkpoint, monkeypatch, precision):
+    # In bf16 the norms also run band by band (in_fp32).
+    model = apply_precision(model_from_state_dict(load_state(small_checkpoint)), precision)
     x = calibration_images(128, count=2, seed=4)
     with torch.inference_mode():
         whole = model(x)
-        for module in ("ddcolor.layers", "ddcolor.convnext", "ddcolor.model"):
-            monkeypatch.setattr(f"{module}.CHUNK_ELEMENTS", 1)
+        for name in ("layers.CHUNK_ELEMENTS", "layers.NORM_CHUNK_ELEMENTS", "layers.ATTENTION_CHUNK_ELEMENTS",
+                     "convnext.CHUNK_ELEMENTS", "model.CHUNK_ELEMENTS"):
+            monkeypatch.setattr(f"ddcolor.{name}", 1)
         chunked = model(x)
     assert relative_difference(whole, chunked) < 1e-5
 
