@@ -57,6 +57,12 @@ class FP32Embedding(nn.Embedding):
 
     fp32_tensors = ("weight",)
 
+    def reset_parameters(self) -> None:
+        # On the meta device (checkpoint loading) the random init is pointless,
+        # and nn.Embedding's pulls in torch's compiler stack: ~1 s per load.
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
 
 def in_fp32(x: Tensor, fn, dim: int) -> Tensor:
     """``fn`` computed in FP32, returned in ``x``'s dtype.
