@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--size", type=int, help=f"working resolution of the network, a multiple of 32 (default: {DEFAULT_SIZE})")
     size.add_argument("--preset", choices=PRESETS, help="; ".join(f"{k}: size {v}" for k, v in PRESETS.items()))
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    c.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: %(default)s: the fastest exact one for the device)")
+    c.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: %(default)s: fp16 on a GPU, fp32 on a CPU)")
     c.add_argument("--strict-precision", action="store_true", help="run --precision even where it is slow (fp16 on a CPU)")
     c.add_argument("--format", default="png", choices=FORMATS, help="output format (default: %(default)s; images with alpha are always PNG)")
     c.add_argument("--quality", type=int, default=95, help="JPEG quality 1-95 (default: %(default)s)")
@@ -172,10 +172,11 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 def colorize_jobs(model, jobs: list[Job], *, size: int, quality: int, stop: StopRequest, summary: Summary, progress: Progress) -> None:
     """Colorize ``jobs`` one at a time until done or asked to stop.
 
-    Plain read -> colorize -> write: file I/O is a few percent of the time on
-    a CPU, and overlapping it in threads measured slower, because the I/O
-    thread then competes with the model's own threads for the cores
-    (benchmarks/bench_cli.py).
+    Plain read -> colorize -> write, on purpose: on a CPU, reading and writing
+    are ~4% of the time, and writing in a background thread measured slower
+    overall (the model, which already uses every core, lost more than the
+    writes saved: 94-106 s instead of 74-79 s for 20 photos;
+    benchmarks/bench_cli.py --overlap-writes).
     """
     for index, job in enumerate(jobs):
         if stop.requested:

@@ -1,0 +1,195 @@
+"""ddcolor.imageio: every Pillow mode reads into colorize's layout; writes are atomic."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddcolor import imageio
+from ddcolor.imageio import ImageReadError, read_image, write_bytes, write_image
+
+
+def gradient(width: int = 24, height: int = 16) -> np.ndarray:
+    """uint8 (H, W) ramp with distinct values in every column."""
+    return np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1))
+
+
+def save(tmp_path, name: str, image: Image.Image, **options):
+    path = tmp_path / name
+    image.save(path, **options)
+    return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize(
+    "mode, name, channels",
+    [
+        ("1", "bilevel.png", 1),
+        ("L", "gray.png", 1),
+        ("L", "gray.jpg", 1),
+        ("RGB", "color.jpg", 3),
+        ("RGB", "color.tif", 3),
+        ("CMYK", "cmyk.jpg", 3),
+        ("CMYK", "cmyk.tif", 3),
+        ("YCbCr", "ycbcr.tif", 3),
+        ("LA", "gray_alpha.png", 4),
+        ("RGBA", "rgba.png", 4),
+        ("RGBA", "rgba.webp", 4),
+    ],
+)
+def test_every_mode_reads_as_float_hwc_in_unit_range(tmp_path, mode, name, channels):
+    base = Image.fromarray(gradient()).convert(mode)
+    if "A" in mode:
+        base.putalpha(128)  # not opaque: some encoders drop an all-opaque alpha channel
+    path = save(tmp_path, name, base)
+    array = read_image(path)
+    assert array.dtype == np.float32
+    assert array.shape == (16, 24, channels)
+    assert 0.0 <= array.min() and array.max() <= 1.0
+    # The ramp survives every conversion: left is dark, right is bright.
+    assert array[:, -1, 0].mean() - array[:, 0, 0].mean() > 0.5
+
+
+def test_palette_without_transparency_is_rgb_and_with_it_keeps_alpha(tmp_path):
+    rgb = Image.fromarray(np.stack([gradient()] * 3, axis=-1)).convert("P")
+    assert read_image(save(tmp_path, "p.png", rgb)).shape[-1] == 3
+
+    transparent = rgb.copy()
+    transparent.info["transparency"] = int(np.asarray(rgb)[0, 0])  # the palette index of the left column
+    array = read_image(save(tmp_path, "p_alpha.png", transparent, transparency=transparent.info["transparency"]))
+    assert array.shape[-1] == 4
+    assert array[0, 0, 3] == 0.0 and array[0, -1, 3] == 1.0
+
+
+def test_alpha_values_come_through_exactly(tmp_path):
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3] = 100
+    rgba[..., 3] = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    array = read_image(save(tmp_path, "a.png", Image.fromarray(rgba, "RGBA")))
+    np.testing.assert_array_equal(np.round(array[..., 3] * 255).astype(np.uint8), rgba[..., 3])
+
+
+def test_sixteen_bit_gray_keeps_its_precision(tmp_path):
+    values = np.array([[0, 1000, 1001, 32768, 65535]], dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)  # 16-bit grayscale PNG
+    with Image.open(path) as check:
+        assert check.mode.startswith("I")
+    array = read_image(path)
+    assert array.shape == (1, 5, 1)
+    np.testing.assert_allclose(array[0, :, 0], values[0] / 65535.0, atol=1e-6)
+    assert array[0, 2, 0] > array[0, 1, 0]  # 8-bit reduction would merge 1000 and 1001
+
+
+def test_32_bit_integer_and_float_gray_are_scaled_by_their_range(tmp_path):
+    eight_bit_in_int32 = Image.fromarray(np.array([[0, 128, 255]], dtype=np.int32), mode="I")
+    np.testing.assert_allclose(read_image(save(tmp_path, "i.tif", eight_bit_in_int32))[0, :, 0], [0, 128 / 255, 1], atol=1e-6)
+    unit_float = Image.fromarray(np.array([[0.0, 0.25, 1.0]], dtype=np.float32), mode="F")
+    np.testing.assert_allclose(read_image(save(tmp_path, "f.tif", unit_float))[0, :, 0], [0, 0.25, 1], atol=1e-6)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((10, 20), np.uint8)  # landscape as stored
+    pixels[0, 0] = 255  # top-left marker
+    image = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display needs a 90-degree clockwise turn
+    array = read_image(save(tmp_path, "rotated.jpg", image, exif=exif, quality=100))
+    assert array.shape[:2] == (20, 10)  # displayed as portrait
+    # A clockwise turn moves the stored top-left corner to the top-right.
+    assert array[0, -1, 0] > 0.5 and array[0, 0, 0] < 0.5
+
+
+def test_real_palette_photo(fixture_photos):
+    einstein = next((p for p in fixture_photos if p.name == "einstein.png"), None)
+    if einstein is None:
+        pytest.skip("einstein.png fixture absent")
+    array = read_image(einstein)
+    assert array.shape[:2] == (439, 328) and array.shape[-1] in (1, 3)
+    assert array.std() > 0.05  # a real picture, not a blank
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"this is not an image", "not an image format Pillow can read"),
+        (None, "cannot decode"),  # a PNG cut short
+    ],
+)
+def test_unreadable_files_raise_with_the_file_name(tmp_path, content, expected):
+    path = tmp_path / "broken.png"
+    if content is None:
+        full = tmp_path / "full.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(full)
+        content = full.read_bytes()[: full.stat().st_size // 2]
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=expected) as error:
+        read_image(path)
+    assert str(path) in str(error.value)
+
+
+def test_missing_file_and_folder_raise_image_read_error(tmp_path):
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(ImageReadError, match="folder"):
+        read_image(tmp_path)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def test_png_round_trip_keeps_alpha(tmp_path):
+    rng = np.random.default_rng(1)
+    rgba = rng.integers(0, 256, (12, 9, 4), dtype=np.uint8)
+    path = write_image(tmp_path / "out.png", rgba.astype(np.float32) / 255)
+    with Image.open(path) as image:
+        assert image.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(image), rgba)
+
+
+def test_jpeg_quality_is_applied_and_alpha_is_refused(tmp_path):
+    rgb = np.random.default_rng(2).random((64, 64, 3)).astype(np.float32)
+    low = write_image(tmp_path / "low.jpg", rgb, quality=20)
+    high = write_image(tmp_path / "high.jpeg", rgb, quality=95)
+    assert low.stat().st_size < high.stat().st_size / 2
+    with Image.open(high) as image:
+        assert image.format == "JPEG" and image.size == (64, 64)
+    with pytest.raises(ValueError, match="alpha"):
+        write_image(tmp_path / "a.jpg", np.zeros((4, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="can only write"):
+        write_image(tmp_path / "a.bmp", rgb)
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    path = write_image(tmp_path / "perm.png", np.zeros((2, 2, 3), np.float32))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("interruption", [OSError("disk full"), KeyboardInterrupt()])
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch, interruption):
+    target = tmp_path / "photo_color.png"
+    target.write_bytes(b"previous result")
+
+    def save_half_then_fail(self, fp, *args, **kwargs):
+        fp.write(b"\x89PNG half of an image")
+        raise interruption
+
+    monkeypatch.setattr(Image.Image, "save", save_half_then_fail)
+    with pytest.raises(type(interruption)):
+        write_image(target, np.zeros((4, 4, 3), np.float32))
+    assert target.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo_color.png"]
+
+
+def test_write_bytes_is_atomic_and_creates_folders(tmp_path):
+    path = write_bytes(tmp_path / "a" / "b" / "x.png", b"data")
+    assert path.read_bytes() == b"data"
+    assert not list(path.parent.glob(f"*{imageio.TEMP_SUFFIX}"))
