@@ -9,10 +9,11 @@ Public interface::
 from .checkpoint import PUBLISHED, CheckpointError, DownloadError, download
 from .loading import load_model
 from .model import SIZE_MULTIPLE, DDColor, DDColorConfig
-from .pipeline import colorize, snap_size
+from .pipeline import activation_bytes, colorize, snap_size
 from .precision import PRECISIONS, fp32_modules
 
 __all__ = [
+    "activation_bytes",
     "PUBLISHED",
     "PRECISIONS",
     "SIZE_MULTIPLE",

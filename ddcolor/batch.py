@@ -7,6 +7,8 @@ outputs, stop after the current image on Ctrl-C and end with a summary.
 
 from __future__ import annotations
 
+import contextlib
+
 import glob
 import signal
 import sys
@@ -242,8 +244,10 @@ def relative_name(path: Path) -> str:
         return str(path)
 
 
-def configure_logging_through(write) -> None:
-    """Send the engine's log lines through ``write`` (tqdm.write keeps the bar intact)."""
+@contextlib.contextmanager
+def logging_through(write):
+    """Send the engine's log lines through ``write`` (tqdm.write keeps the bar
+    intact) while the block runs; the logger is restored afterwards."""
     import logging
 
     class Handler(logging.Handler):
@@ -251,15 +255,17 @@ def configure_logging_through(write) -> None:
             write(self.format(record))
 
     logger = logging.getLogger("ddcolor")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_ddcolor_cli", False):
-            logger.removeHandler(handler)
+    saved = logger.handlers[:], logger.level, logger.propagate
     handler = Handler()
-    handler._ddcolor_cli = True
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
+    logger.handlers = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers, level, logger.propagate = saved[0], saved[1], saved[2]
+        logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- progress

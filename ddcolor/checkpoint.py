@@ -16,8 +16,10 @@ missing is an error that names the file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -254,9 +256,12 @@ def download(
 ) -> Path:
     """Fetch a published checkpoint into ``folder`` (no-op if it is there).
 
-    Resumable (huggingface_hub keeps partial downloads in ``folder/.cache``),
-    honours ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE``. ``progress(done, total)``
-    receives byte counts.
+    huggingface_hub resolves the file (``HF_ENDPOINT``, tokens, the Hub's
+    redirect to its CDN); the transfer goes to ``folder/.<file>.part`` and
+    resumes from it with an HTTP range request, after a dropped connection
+    or in a later run. The file is renamed into place only when complete
+    (and, where the Hub gives its SHA-256 as ETag, verified).
+    ``HF_HUB_OFFLINE`` turns downloads off. ``progress(done, total)`` gets bytes.
     """
     if name not in PUBLISHED:
         raise CheckpointError(f"unknown published model {name!r}; choose one of {', '.join(PUBLISHED)}")
@@ -269,31 +274,72 @@ def download(
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise DownloadError(f"{entry.filename} is not in {folder} and downloads are off (HF_HUB_OFFLINE is set). {by_hand}")
 
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
 
-    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{entry.filename}.part"
     try:
-        path = hf_hub_download(
-            entry.repo_id,
-            entry.filename,
-            local_dir=folder,
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-            tqdm_class=_progress_bar(progress),
-        )
+        folder.mkdir(parents=True, exist_ok=True)
+        url = hf_hub_url(entry.repo_id, entry.filename, endpoint=os.environ.get("HF_ENDPOINT") or None)
+        metadata = get_hf_file_metadata(url, timeout=DOWNLOAD_TIMEOUT_S)
+        _fetch(metadata.location, partial, metadata.size, build_hf_headers(), progress)
+        _verify(partial, metadata.etag)
+    except DownloadError:
+        raise
     except Exception as e:
-        raise DownloadError(f"could not download {entry.filename}: {e}. {by_hand}") from e
-    return Path(path)
+        raise DownloadError(f"could not download {entry.filename} ({type(e).__name__}: {e}). {by_hand}") from e
+    os.replace(partial, target)
+    return target
 
 
-def _progress_bar(progress: Callable[[int, int], None] | None):
-    if progress is None:
-        return None
-    from tqdm.auto import tqdm
+DOWNLOAD_TIMEOUT_S = 30
+DOWNLOAD_ATTEMPTS = 5
 
-    class Reporter(tqdm):
-        def update(self, n=1):
-            result = super().update(n)
-            progress(int(self.n), int(self.total or 0))
-            return result
 
-    return Reporter
+def _fetch(url: str, partial: Path, size: int | None, headers: dict, progress) -> None:
+    """Stream ``url`` into ``partial``, resuming from what it already holds."""
+    import urllib.error
+    import urllib.request
+
+    failures = 0
+    while True:
+        done = partial.stat().st_size if partial.is_file() else 0
+        if size is not None and done == size:
+            return
+        if size is not None and done > size:  # a different, smaller file now: start over
+            partial.unlink()
+            done = 0
+        request = urllib.request.Request(url, headers={**headers, **({"Range": f"bytes={done}-"} if done else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                # 206: the server continues where we stopped; 200: it sends the whole file.
+                with open(partial, "ab" if response.status == 206 else "wb") as f:
+                    done = done if response.status == 206 else 0
+                    while chunk := response.read(1 << 20):
+                        f.write(chunk)
+                        done += len(chunk)
+                        failures = 0  # progress was made: retries start afresh
+                        if progress is not None:
+                            progress(done, size or done)
+            if size is None or done == size:
+                return
+        except urllib.error.HTTPError:
+            raise  # the server answered: retrying will not help
+        except OSError:  # connection refused, reset, timed out
+            failures += 1
+            if failures >= DOWNLOAD_ATTEMPTS:
+                raise
+            time.sleep(min(2 ** (failures - 1), 10))
+
+
+def _verify(partial: Path, etag: str | None) -> None:
+    """The Hub's ETag of a large (LFS) file is its SHA-256; check it where it is one."""
+    if not etag or not re.fullmatch(r"[0-9a-f]{64}", etag.strip('"')):
+        return
+    digest = hashlib.sha256()
+    with open(partial, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    if digest.hexdigest() != etag.strip('"'):
+        partial.unlink()
+        raise DownloadError(f"{partial.name} arrived corrupted (SHA-256 mismatch); it was deleted, run again to retry")

@@ -29,7 +29,7 @@ from .batch import (
     StopRequest,
     Summary,
     UsageError,
-    configure_logging_through,
+    logging_through,
     find_inputs,
     plan_jobs,
 )
@@ -148,24 +148,24 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     if published and not Path(args.model).exists() and not (models_dir / published.filename).is_file():
         print(f"{published.name}: first use, downloading {published.url()} into {models_dir}", file=sys.stderr, flush=True)
     progress = Progress(len(jobs))
-    configure_logging_through(progress.write)
-    try:
-        model = ddcolor.load_model(
-            args.model, device=device, precision=args.precision,
-            strict_precision=args.strict_precision, models_dir=args.models_dir,
-        )
-    except (ddcolor.CheckpointError, ddcolor.DownloadError) as e:
-        progress.close()
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    report_decided_failures(decided, progress)
-    progress.write(f"model {args.model} on {device} ({model.precision}), size {ddcolor.snap_size(size)}, {len(jobs)} image(s)")
-    try:
-        with StopRequest(progress.write) as stop:
-            colorize_jobs(model, jobs, size=size, quality=args.quality, stop=stop, summary=summary, progress=progress)
-    finally:
-        progress.close()
-        summary.report()
+    with logging_through(progress.write):
+        try:
+            model = ddcolor.load_model(
+                args.model, device=device, precision=args.precision,
+                strict_precision=args.strict_precision, models_dir=args.models_dir,
+            )
+        except (ddcolor.CheckpointError, ddcolor.DownloadError) as e:
+            progress.close()
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        report_decided_failures(decided, progress)
+        progress.write(f"model {args.model} on {device} ({model.precision}), size {ddcolor.snap_size(size)}, {len(jobs)} image(s)")
+        try:
+            with StopRequest(progress.write) as stop:
+                colorize_jobs(model, jobs, size=size, quality=args.quality, stop=stop, summary=summary, progress=progress)
+        finally:
+            progress.close()
+            summary.report()
     return summary.exit_code()
 
 

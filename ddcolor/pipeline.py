@@ -23,9 +23,14 @@ log = logging.getLogger("ddcolor")
 
 # Lab's a/b range; the network can overshoot it (values near -180 occur).
 AB_MIN, AB_MAX = -128.0, 127.0
-# Activation memory of one image per pixel of working resolution, per byte
-# of the compute dtype (measured: benchmarks/bench_engine.py --activations).
-ACTIVATION_BYTES_PER_PIXEL_PER_BYTE = 400
+# Peak activation memory of one image: per pixel of the working resolution
+# and byte of the compute dtype, plus a fixed part for the chunked FP32
+# temporaries. Measured peaks of live tensors (DDColor-L, CPU profiler):
+# fp32 159 / 408 / 633 MiB and bf16 83 / 228 / 357 MiB at 512 / 1024 / 1280;
+# the fixed part is the chunk budget (layers.CHUNK_ELEMENTS) that small
+# images fill. These constants overestimate by 10-80%.
+ACTIVATION_BYTES_PER_PIXEL_PER_BYTE = 100
+ACTIVATION_FIXED_BYTES = 96 << 20
 
 
 def snap_size(size: int) -> int:
@@ -113,15 +118,19 @@ def _colorize_chunk(model: DDColor, images: Tensor, size: int, device: torch.dev
     return result.permute(0, 2, 3, 1).to(images.device)
 
 
+def activation_bytes(model: DDColor, size: int) -> int:
+    """Working memory one image needs at ``size`` (an upper estimate), beyond the weights."""
+    element = model.decoder.last_shuf.conv[0].weight.element_size()
+    return ACTIVATION_BYTES_PER_PIXEL_PER_BYTE * element * size * size + ACTIVATION_FIXED_BYTES
+
+
 def default_batch_size(model: DDColor, size: int) -> int:
     """Images per chunk: 1 on a CPU (batching buys nothing there), else what half the free memory holds."""
     device = next(model.parameters()).device
     if device.type != "cuda":
         return 1
     free, _ = torch.cuda.mem_get_info(device)
-    element = next(model.decoder.parameters()).element_size()
-    per_image = ACTIVATION_BYTES_PER_PIXEL_PER_BYTE * element * size * size
-    return max(1, int(0.5 * free // per_image))
+    return max(1, int(0.5 * free // activation_bytes(model, size)))
 
 
 def is_out_of_memory(error: BaseException) -> bool:

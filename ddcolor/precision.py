@@ -38,10 +38,7 @@ def resolve_precision(precision: str, device: torch.device | str, *, strict: boo
     if strict or precision in fast:
         return precision
     chosen = "fp16" if precision == "bf16" and "fp16" in fast else "fp32"
-    log.warning(
-        "ddcolor: %s is slow or unsupported on %s; running %s instead (pass strict_precision=True to force %s)",
-        precision, device.type, chosen, precision,
-    )
+    log.warning("ddcolor: %s is slow or unsupported on %s; running %s instead", precision, device.type, chosen)
     return chosen
 
 

@@ -10,9 +10,8 @@ import functools
 import logging
 import time
 
-from ..ddcolor import PRECISIONS, PUBLISHED, colorize, load_model, snap_size
-from ..ddcolor.pipeline import ACTIVATION_BYTES_PER_PIXEL_PER_BYTE
-from ..ddcolor.precision import DTYPES, resolve_precision
+from ..ddcolor import PRECISIONS, PUBLISHED, activation_bytes, colorize, load_model, snap_size
+from ..ddcolor.precision import resolve_precision
 from .models import DEFAULT_MODEL, FOLDER_NAME, ModelCache, cache_key, locate_checkpoint, model_choices
 
 log = logging.getLogger("ddcolor")
@@ -94,7 +93,7 @@ class DDColorColorize:
         patcher = _load(model, precision)
         # Frees other models' VRAM for the weights plus one image's activations.
         # A full load: DDColor's plain layers cannot run partly offloaded.
-        mm.load_models_gpu([patcher], memory_required=_activation_bytes(patcher.model, working_size), force_full_load=True)
+        mm.load_models_gpu([patcher], memory_required=activation_bytes(patcher.model, working_size), force_full_load=True)
 
         bar = comfy.utils.ProgressBar(image.shape[0])
 
@@ -167,9 +166,3 @@ def _download_progress():
         bar.update_absolute(done, total)
 
     return report
-
-
-def _activation_bytes(model, size: int) -> int:
-    """Working memory of one image at ``size`` (see ddcolor.pipeline)."""
-    element = DTYPES[model.precision].itemsize
-    return ACTIVATION_BYTES_PER_PIXEL_PER_BYTE * element * size * size

@@ -264,17 +264,6 @@ def test_cache_key_changes_when_the_file_is_replaced(tmp_path):
     assert models.cache_key(path, "fp16", "cuda:0") != key
 
 
-def test_activation_estimate_scales_with_pixels_and_precision():
-    class Stub:
-        precision = "fp16"
-
-    half = colorize_module._activation_bytes(Stub(), 512)
-    Stub.precision = "fp32"
-    assert colorize_module._activation_bytes(Stub(), 512) == 2 * half
-    assert colorize_module._activation_bytes(Stub(), 1024) == 8 * half
-    assert 50e6 < half < 1e9  # one 512 image in fp16: hundreds of MB, as measured for the engine
-
-
 # ----------------------------------------------------------------------------- locales
 
 

@@ -152,3 +152,27 @@ def test_fp16_pipeline_is_close_to_fp32(small_checkpoint, model, photos):
     low = ddcolor.colorize(half, photo, size=128)
     assert torch.isfinite(low).all()
     assert (full - low).abs().mean() < 2 / 255
+
+
+def peak_live_bytes(model, x) -> int:
+    """Peak bytes of tensors alive during ``model(x)``, from the profiler's allocation timeline."""
+    from torch.profiler import profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    with profile(profile_memory=True) as prof, torch.inference_mode():
+        model(x)
+    live = peak = 0
+    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_activation_estimate_bounds_what_a_forward_really_uses(tiny_checkpoint, precision):
+    # The node asks ComfyUI to free this much before a run: it must not be an
+    # underestimate, and a gross overestimate would evict other models for nothing.
+    model = ddcolor.load_model(tiny_checkpoint, precision=precision, strict_precision=True)
+    measured = peak_live_bytes(model, torch.rand(1, 3, 384, 384))
+    estimate = ddcolor.activation_bytes(model, 384)
+    assert measured <= estimate <= 2.5 * measured, (measured, estimate)
