@@ -113,7 +113,7 @@ def main() -> None:
     facts["progress_before_interrupt"] = progress[:]
 
     facts["leak_warnings"] = [w for w in warnings if "leak" in w.lower()]
-    facts["precision_notes"] = sum("running fp32 instead" in w for w in warnings)
+    facts["precision_notes"] = sum("is slow or unsupported on" in w for w in warnings)
     print("FACTS " + json.dumps(facts))
 
 

@@ -20,7 +20,7 @@ FP16_HALF_MAX = 65504.0
 
 
 def test_auto_and_explicit_precisions_on_a_cpu(monkeypatch, caplog):
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: None)
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("fp32", "cpu") == "fp32"
     with caplog.at_level(logging.WARNING, logger="ddcolor"):
@@ -35,8 +35,16 @@ def test_auto_and_explicit_precisions_on_a_cpu(monkeypatch, caplog):
         assert resolve_precision("fp16", "cpu", strict=True) == "fp16"
     assert not caplog.records
 
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+
+def test_cpus_with_bf16_units(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "avx512")
+    assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "amx")
+    assert resolve_precision("auto", "cpu") == "bf16"
+    with caplog.at_level(logging.WARNING, logger="ddcolor"):
+        assert resolve_precision("fp16", "cpu") == "bf16"
+    assert "fp16 is slow or unsupported on cpu; running bf16 instead" in caplog.text
 
 
 def test_precisions_on_cuda_devices(monkeypatch, caplog):
