@@ -14,15 +14,12 @@ wrapped in a timer. Reports per run:
 * command: wall time from the CLI's ``main()`` to its return;
 * model: time inside ``ddcolor.colorize`` (network plus Lab conversion and
   resizing), and its share of both wall times;
-* the time outside it (imports, model load, reading, writing) and the
+* the time outside it (imports, model load, reading; writing runs alongside) and the
   machine's load average, since other processes slow the model more than
   the rest and so raise its share.
 
-Two experiments: ``--overlap-writes`` writes in a background thread (measured
-slower overall on a busy 2-core CPU, so the CLI does not), and
-``--skip-embedding-init`` shows what a proposed engine change saves: building
-the model on the meta device runs nn.Embedding's random init, which imports
-torch._dynamo (~1 s per process).
+The CLI writes each output in a background thread while the model works on
+the next image, so the "writing" time overlaps the model's.
 """
 
 from __future__ import annotations
@@ -63,23 +60,8 @@ timed(ddcolor, "colorize", "model")
 timed(ddcolor, "load_model", "load")
 timed(ddcolor.imageio, "read_image", "read")
 timed(ddcolor.imageio, "write_image", "write")
-if "--skip-embedding-init" in sys.argv:
-    sys.argv.remove("--skip-embedding-init")
-    import torch
-    torch.nn.Embedding.reset_parameters = lambda self: None
-writer = None
-if "--overlap-writes" in sys.argv:
-    # Experiment: hand each write to one background thread, so encoding the
-    # last image overlaps the model's work on the next one.
-    sys.argv.remove("--overlap-writes")
-    from concurrent.futures import ThreadPoolExecutor
-    writer = ThreadPoolExecutor(1)
-    real_write = ddcolor.imageio.write_image
-    ddcolor.imageio.write_image = lambda *a, **k: writer.submit(real_write, *a, **k)
 t = time.perf_counter()
 code = main(sys.argv[1:])
-if writer is not None:
-    writer.shutdown(wait=True)
 command = time.perf_counter() - t
 print("BENCH " + json.dumps({"code": code, "command": command, "imports": t - began, **spent}))
 """
@@ -117,12 +99,6 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--format", default="png", choices=("png", "jpg"))
-    parser.add_argument("--overlap-writes", action="store_true", help="experiment: write outputs in a background thread")
-    parser.add_argument(
-        "--skip-embedding-init", action="store_true",
-        help="experiment: make nn.Embedding skip its random init, as a proposed engine change would "
-        "(building the model on the meta device otherwise imports torch._dynamo: ~1.7 s per process)",
-    )
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
@@ -137,7 +113,7 @@ def main() -> None:
             command = [
                 sys.executable, "-c", CHILD, "colorize", str(inputs), "-o", str(Path(work) / f"out{run}"),
                 "--model", str(model), "--size", str(args.size), "--device", args.device, "--format", args.format,
-            ] + (["--skip-embedding-init"] if args.skip_embedding_init else []) + (["--overlap-writes"] if args.overlap_writes else [])
+            ]
             load = os.getloadavg()[0]
             began = time.perf_counter()
             result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -152,7 +128,7 @@ def main() -> None:
                 f"{100 * data['model'] / data['command']:.1f}% of the command, "
                 f"{100 * data['model'] / process:.1f}% of the process "
                 f"({data['model'] / args.count:.2f} s per image in the model; outside it: imports {data['imports']:.1f} s, "
-                f"model load {data['load']:.1f} s, reading {data['read']:.1f} s, writing {data['write']:.1f} s; "
+                f"model load {data['load']:.1f} s, reading {data['read']:.1f} s, writing {data['write']:.1f} s in the background; "
                 f"load average {load:.1f} on {os.cpu_count()} CPUs)"
             )
             summary = [l for l in result.stdout.splitlines() if l.startswith("colorized")]
