@@ -16,6 +16,7 @@ bf16 autocast where bf16 is measured for us.
     python benchmarks/bench_engine.py --variants tiny --sizes 512 --precisions fp32
     python benchmarks/bench_engine.py --device cuda --precisions fp32 fp16 bf16
     python benchmarks/bench_engine.py --markdown benchmarks/RESULTS.md   # append the table
+    python benchmarks/bench_engine.py --live --precisions fp32 fp16     # live activation bytes (GPU estimate)
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ def checkpoint(variant: str) -> Path:
     return path
 
 
-def measure(impl: str, path: str, size: int, precision: str, device: str, repeats: int) -> dict:
-    """Runs inside the subprocess."""
+def measure(impl: str, path: str, size: int, precision: str, device: str, repeats: int, live: bool = False) -> dict:
+    """Runs inside the subprocess. ``live``: report the peak bytes of live
+    activation tensors of one forward (the profiler's allocation timeline)
+    instead of timings: what a GPU's max_memory_allocated would add to the weights."""
     import resource
 
     import torch
@@ -82,6 +85,16 @@ def measure(impl: str, path: str, size: int, precision: str, device: str, repeat
             return Both()
 
     x = torch.rand(1, 3, size, size, device=device)
+    if live:
+        from tests.test_pipeline import peak_live_bytes
+
+        with context():
+            model(x)  # warm-up
+            weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+            if precision != "fp32" and impl == "peer":
+                return {"error": "autocast keeps fp32 weights; not comparable"}
+        with context():
+            return {"live_bytes": peak_live_bytes(model, x), "weight_bytes": weights}
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -103,12 +116,12 @@ def measure(impl: str, path: str, size: int, precision: str, device: str, repeat
     return {"latency_s": statistics.median(times), "peak_bytes": peak, "finite": finite}
 
 
-def run_one(impl: str, variant: str, size: int, precision: str, device: str, repeats: int) -> dict:
+def run_one(impl: str, variant: str, size: int, precision: str, device: str, repeats: int, live: bool = False) -> dict:
     code = (
         "import json, sys; sys.path.insert(0, %r); from benchmarks.bench_engine import measure; "
         "print('RESULT ' + json.dumps(measure(*json.loads(sys.argv[1]))))" % str(REPO)
     )
-    args = json.dumps([impl, str(checkpoint(variant)), size, precision, device, repeats])
+    args = json.dumps([impl, str(checkpoint(variant)), size, precision, device, repeats, live])
     proc = subprocess.run([sys.executable, "-c", code, args], cwd=REPO, capture_output=True, text=True)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -136,22 +149,37 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-peer", action="store_true", help="measure ours only")
+    parser.add_argument("--live", action="store_true", help="peak live activation and weight bytes instead of timings")
     parser.add_argument("--markdown", type=Path, help="append the table to this file")
     args = parser.parse_args()
 
-    header = "| variant | size | precision | ours latency | peer latency | ratio | ours peak mem | peer peak mem | ratio |"
-    rows = [f"Machine: {machine(args.device)}; device {args.device}; median of {args.repeats} after 1 warm-up.", "", header, "|" + "---|" * 9]
+    if args.live:
+        header = "| variant | size | precision | ours weights + live activations | peer weights + live activations |"
+        rows = [f"Machine: {machine(args.device)}; peak live tensor bytes of one forward (profiler).", "", header, "|" + "---|" * 5]
+    else:
+        header = "| variant | size | precision | ours latency | peer latency | ratio | ours peak mem | peer peak mem | ratio |"
+        rows = [f"Machine: {machine(args.device)}; device {args.device}; median of {args.repeats} after 1 warm-up.", "", header, "|" + "---|" * 9]
     print("\n".join(rows), flush=True)
     for variant in args.variants:
         for size in args.sizes:
             for precision in args.precisions:
-                ours = run_one("ours", variant, size, precision, args.device, args.repeats)
-                peer = {} if args.no_peer else run_one("peer", variant, size, precision, args.device, args.repeats)
-                rows.append(format_row(variant, size, precision, ours, peer))
+                ours = run_one("ours", variant, size, precision, args.device, args.repeats, args.live)
+                peer = {} if args.no_peer else run_one("peer", variant, size, precision, args.device, args.repeats, args.live)
+                rows.append((format_live_row if args.live else format_row)(variant, size, precision, ours, peer))
                 print(rows[-1], flush=True)
     if args.markdown:
         with open(args.markdown, "a") as f:
             f.write("\n".join(rows) + "\n\n")
+
+
+def format_live_row(variant: str, size: int, precision: str, ours: dict, peer: dict) -> str:
+    def cell(result: dict) -> str:
+        if "live_bytes" not in result:
+            return result.get("error", "-")
+        weights, live = result["weight_bytes"] / 2**20, result["live_bytes"] / 2**20
+        return f"{weights:.0f} + {live:.0f} = {weights + live:.0f} MiB"
+
+    return f"| {variant} | {size} | {precision} | {cell(ours)} | {cell(peer)} |"
 
 
 def format_row(variant: str, size: int, precision: str, ours: dict, peer: dict) -> str:

@@ -33,7 +33,7 @@ TOOLTIPS = {
     "precision": (
         "fp16: half the memory and fastest on NVIDIA GPUs; sensitive layers stay fp32. "
         "bf16: for GPUs and CPUs with fast bfloat16. fp32: the reference. auto: the fastest for your device. "
-        "A precision your device runs slowly (fp16 on a CPU) falls back to fp32 and the log says so."
+        "A precision your device runs slowly (fp16 on a CPU) runs as the closest fast one instead (bf16 on CPUs with AMX, else fp32) and the log says so."
     ),
     "size": (
         "Working resolution the network sees (a square, multiple of 32); the output keeps the input's size. "

@@ -34,6 +34,7 @@ from tests.comfyui_server import (
     comfyui_paths,
     comfyui_server,
 )
+from ddcolor.precision import resolve_precision
 from tests.fake_hub import fake_hub
 from tests.workflow_check import CORE_NODES_FILE, core_specs, spec_from_object_info
 
@@ -212,11 +213,16 @@ def test_size_change_reuses_the_model_and_model_change_reloads(comfy):
     loads = loads_in_log(comfy)
     for size in (288, 320):
         assert run(comfy, small_prompt(size))["status"]["status_str"] == "success"
-    # fp16 and fp32 both run fp32 on a CPU: the same model, no reload either.
-    assert run(comfy, small_prompt(256, precision="fp32"))["status"]["status_str"] == "success"
+    # On a CPU fp16 and auto resolve alike (bf16 with AMX units, else fp32): the same model, no reload.
+    assert run(comfy, small_prompt(256, precision="auto"))["status"]["status_str"] == "success"
     assert loads_in_log(comfy) == loads
     assert run(comfy, small_prompt(256, model="custom/my_ddcolor.pth"))["status"]["status_str"] == "success"
     assert loads_in_log(comfy) == loads + 1
+    # A precision that resolves differently is another model.
+    other = "fp32" if resolve_precision("fp16", "cpu") != "fp32" else "bf16"
+    expected = loads + 1 + (resolve_precision(other, "cpu") != resolve_precision("fp16", "cpu"))
+    assert run(comfy, small_prompt(256, precision=other, model="custom/my_ddcolor.pth"))["status"]["status_str"] == "success"
+    assert loads_in_log(comfy) == expected
 
 
 def test_size_off_the_grid_is_rounded_and_said(comfy):
