@@ -8,7 +8,6 @@ outputs, stop after the current image on Ctrl-C and end with a summary.
 from __future__ import annotations
 
 import contextlib
-
 import glob
 import signal
 import sys

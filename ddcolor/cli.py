@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--size", type=int, help=f"working resolution of the network, a multiple of 32 (default: {DEFAULT_SIZE})")
     size.add_argument("--preset", choices=PRESETS, help="; ".join(f"{k}: size {v}" for k, v in PRESETS.items()))
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    c.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: %(default)s: fp16 on a GPU, fp32 on a CPU)")
+    c.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: %(default)s: fp16 on a GPU; on a CPU bf16 where it has AMX units, else fp32)")
     c.add_argument("--strict-precision", action="store_true", help="run --precision even where it is slow (fp16 on a CPU)")
     c.add_argument("--format", default="png", choices=FORMATS, help="output format (default: %(default)s; images with alpha are always PNG)")
     c.add_argument("--quality", type=int, default=95, help="JPEG quality 1-95 (default: %(default)s)")
@@ -147,12 +147,17 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     models_dir = args.models_dir or default_models_dir()
     if published and not Path(args.model).exists() and not (models_dir / published.filename).is_file():
         print(f"{published.name}: first use, downloading {published.url()} into {models_dir}", file=sys.stderr, flush=True)
+        try:
+            download_with_progress(published.name, models_dir)
+        except ddcolor.DownloadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_FAILED
     progress = Progress(len(jobs))
     with logging_through(progress.write):
         try:
             model = ddcolor.load_model(
                 args.model, device=device, precision=args.precision,
-                strict_precision=args.strict_precision, models_dir=args.models_dir,
+                strict_precision=args.strict_precision, models_dir=models_dir,
             )
         except (ddcolor.CheckpointError, ddcolor.DownloadError) as e:
             progress.close()
@@ -174,7 +179,7 @@ def colorize_jobs(model, jobs: list[Job], *, size: int, quality: int, stop: Stop
 
     Each output is encoded and written by a background thread while the model
     works on the next image. On this 2-core CPU that measured the same wall
-    time as writing in line (17.0-17.5 s against 16.9-17.6 s for 20 photos at
+    time as writing in line (17.0-17.8 s against 16.9-17.6 s for 20 photos at
     512, benchmarks/bench_cli.py), with the model busy 97% of it instead of
     89%; on a GPU it stops the GPU from waiting for PNG encoding.
     """
@@ -304,13 +309,33 @@ def cmd_download(args: argparse.Namespace) -> int:
             continue
         print(f"{name}: downloading {entry.url()} into {folder}", flush=True)
         try:
-            path = ddcolor.download(name, folder, progress=lambda done, total: None)
+            path = download_with_progress(name, folder)
         except ddcolor.DownloadError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
         print(f"{name}: saved {path} ({path.stat().st_size / 2**20:.0f} MiB)")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def download_with_progress(name: str, folder: Path) -> Path:
+    """``ddcolor.download`` with a byte progress bar on a terminal."""
+    import ddcolor
+    from tqdm import tqdm
+
+    bar = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # created on the first report: a resumed download starts part-way
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr, disable=not sys.stderr.isatty())
+        bar.update(done - bar.n)
+
+    try:
+        return ddcolor.download(name, folder, progress=report)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def cmd_info(args: argparse.Namespace) -> int:

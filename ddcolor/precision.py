@@ -57,7 +57,7 @@ def fast_precisions(device_type: str) -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def cpu_bf16_units() -> str | None:
-    """"amx" or "avx512" where the CPU has native bf16 instructions (oneDNN uses them), else None."""
+    """Which native bf16 instructions the CPU has for oneDNN: "amx", "avx512" or None."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
