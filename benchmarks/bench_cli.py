@@ -44,7 +44,7 @@ CHILD = """
 import json, sys, time
 began = time.perf_counter()
 import ddcolor
-import ddcolor.imageio
+import ddcolor.cli.imageio
 from ddcolor.cli import main
 spent = {"model": 0.0, "load": 0.0, "read": 0.0, "write": 0.0}
 def timed(module, name, key):
@@ -58,8 +58,8 @@ def timed(module, name, key):
     setattr(module, name, wrapper)
 timed(ddcolor, "colorize", "model")
 timed(ddcolor, "load_model", "load")
-timed(ddcolor.imageio, "read_image", "read")
-timed(ddcolor.imageio, "write_image", "write")
+timed(ddcolor.cli.imageio, "read_image", "read")
+timed(ddcolor.cli.imageio, "write_image", "write")
 t = time.perf_counter()
 code = main(sys.argv[1:])
 command = time.perf_counter() - t

@@ -1,4 +1,4 @@
-"""``python -m ddcolor``: see ddcolor/cli.py."""
+"""``python -m ddcolor``: see ddcolor/cli/."""
 
 from .cli import main
 

@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddcolor import comfy_client
-from ddcolor.batch import DONE, Job, Progress, StopRequest, Summary, UsageError
+from ddcolor.cli import comfy_client
+from ddcolor.cli.batch import DONE, Job, Progress, StopRequest, Summary, UsageError
 from ddcolor.cli import main
-from ddcolor.comfy_client import ComfyClient, load_workflow, queue_jobs
+from ddcolor.cli.comfy_client import ComfyClient, load_workflow, queue_jobs
 
 WORKFLOW = {
     "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},

@@ -1,4 +1,4 @@
-"""ddcolor.imageio: every Pillow mode reads into colorize's layout; writes are atomic."""
+"""ddcolor.cli.imageio: every Pillow mode reads into colorize's layout; writes are atomic."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddcolor import imageio
-from ddcolor.imageio import ImageReadError, read_image, write_bytes, write_image
+from ddcolor.cli import imageio
+from ddcolor.cli.imageio import ImageReadError, read_image, write_bytes, write_image
 
 
 def gradient(width: int = 24, height: int = 16) -> np.ndarray:

@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .checkpoint import PUBLISHED
-    from .precision import PRECISIONS
+    from ..checkpoint import PUBLISHED
+    from ..precision import PRECISIONS
 
     parser = argparse.ArgumentParser(
         prog="python -m ddcolor",
@@ -141,7 +141,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 
     import ddcolor
 
-    from .checkpoint import default_models_dir
+    from ..checkpoint import default_models_dir
 
     published = ddcolor.PUBLISHED.get(str(args.model).removesuffix(".pth"))
     models_dir = args.models_dir or default_models_dir()

@@ -1,0 +1,14 @@
+"""The command-line application around the library: ``python -m ddcolor``.
+
+Everything here uses the library's public interface (``ddcolor.load_model``,
+``ddcolor.colorize``); nothing in the library imports it.
+
+* ``commands``: argument parsing and the commands (colorize, download, info, queue);
+* ``batch``: inputs, output names, Ctrl-C, progress and the summary shared by batch commands;
+* ``imageio``: image files in and out, written atomically;
+* ``comfy_client``: driving a running ComfyUI through its HTTP API.
+"""
+
+from .commands import main
+
+__all__ = ["main"]
