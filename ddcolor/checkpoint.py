@@ -214,6 +214,7 @@ def model_from_state_dict(state: dict[str, Tensor], source: str = "checkpoint") 
             )
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
+    model.name = Path(source).name
     return model.eval().requires_grad_(False)
 
 

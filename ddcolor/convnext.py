@@ -2,13 +2,17 @@
 
 Module names follow the published checkpoints (``encoder.arch.*``).
 
-Half precision: the residual stream of every stage is kept in FP32. A trained
-ConvNeXt-L stream reaches magnitudes where fp16 overflows (65504), so the
-stream, the depthwise conv that reads it and the layer-scale ``gamma`` stay
-FP32; only the pointwise MLP (``pwconv1`` -> GELU -> ``pwconv2``, 96% of the
-block's FLOPs) runs in half, on LayerNorm output that is bounded by
-construction. Cost: one FP32 copy of the stream per stage instead of a half
-one (e.g. 79 MB instead of 39 MB for stage 0 of the large model at 1280).
+Half precision: the residual stream of every stage is kept in FP32, and so is
+everything that writes it. A trained ConvNeXt-L stream reaches magnitudes where
+fp16 overflows (65504), and a checkpoint may put that scale in any of its
+writers: the stem, the downsample convs, the depthwise conv biases, the layer
+scales. So the stem and downsample convs (3-6% of the encoder's weights), the
+depthwise convs and the layer scales ``gamma`` stay FP32; only the pointwise
+MLP (``pwconv1`` -> GELU -> ``pwconv2``, 96% of the block's FLOPs) runs in half.
+``Block.balance_for_half`` first rewrites the MLP exactly so that its half
+tensors stay in range whatever scale the checkpoint gives its norm or layer
+scale. Cost: one FP32 copy of the stream per stage instead of a half one
+(e.g. 79 MB instead of 39 MB for stage 0 of the large model at 1280).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .layers import CHUNK_ELEMENTS, Conv2d, FP32Conv2d, LayerNorm, LayerNorm2d, Linear
+from .layers import CHUNK_ELEMENTS, FP32Conv2d, LayerNorm, LayerNorm2d, Linear
 
 VARIANTS = {
     "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
@@ -51,6 +55,30 @@ class Block(nn.Module):
             out[:, r : r + rows] = residual[:, r : r + rows] + band.float() * self.gamma
         return out.permute(0, 3, 1, 2)
 
+    @torch.no_grad()
+    def balance_for_half(self) -> None:
+        """Rewrite the MLP exactly so no half tensor in it depends on the checkpoint's scales. In place, FP32.
+
+        The norm's affine folds into ``pwconv1`` (its input becomes the plain
+        normalized stream, bounded by sqrt(C)), and ``gamma`` folds into
+        ``pwconv2`` whose rows are then scaled to unit norm, the scale moving
+        back into ``gamma`` (applied in FP32). A checkpoint that puts a large
+        scale in the norm weights or in ``pwconv2`` instead of ``gamma`` gives
+        the same half tensors as one that does not.
+        """
+        w1, w2 = self.pwconv1.weight.float(), self.pwconv2.weight.float()
+        self.pwconv1.bias.copy_(self.pwconv1.bias.float() + w1 @ self.norm.bias)
+        self.pwconv1.weight.copy_(w1 * self.norm.weight)
+        self.norm.weight.fill_(1.0)
+        self.norm.bias.zero_()
+        rows = w2 * self.gamma[:, None]
+        scale = rows.norm(dim=1)
+        # A dead channel (gamma or its row all zero) stays zero.
+        inverse = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+        self.pwconv2.bias.copy_(self.pwconv2.bias.float() * self.gamma * inverse)
+        self.pwconv2.weight.copy_(rows * inverse[:, None])
+        self.gamma.copy_(scale)
+
     def mlp_output(self, x: Tensor) -> Tensor:
         """The branch added to the stream, before the layer scale (for calibration)."""
         out = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
@@ -61,9 +89,9 @@ class ConvNeXt(nn.Module):
     def __init__(self, depths: tuple[int, ...], dims: tuple[int, ...], in_chans: int = 3):
         super().__init__()
         self.downsample_layers = nn.ModuleList(
-            [nn.Sequential(Conv2d(in_chans, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0]))]
+            [nn.Sequential(FP32Conv2d(in_chans, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0]))]
             + [
-                nn.Sequential(LayerNorm2d(dims[i]), Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2))
+                nn.Sequential(LayerNorm2d(dims[i]), FP32Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2))
                 for i in range(3)
             ]
         )
@@ -74,17 +102,16 @@ class ConvNeXt(nn.Module):
         # feeds nothing DDColor uses; it is loaded and never run.
         self.norm = LayerNorm(dims[-1], eps=1e-6)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """Image (B, 3, H, W) -> the four normalized stage outputs at 1/4 .. 1/32 scale."""
-        compute_dtype = self.downsample_layers[0][0].weight.dtype
+    def forward(self, x: Tensor, tap_dtype: torch.dtype = torch.float32) -> list[Tensor]:
+        """Image (B, 3, H, W) -> the four normalized stage outputs at 1/4 .. 1/32 scale, in ``tap_dtype``."""
         taps = []
         stream = x
         for i in range(4):
             # channels-last makes the NHWC views in Block free and suits oneDNN.
-            stream = self.downsample_layers[i](stream).float().contiguous(memory_format=torch.channels_last)
+            stream = self.downsample_layers[i](stream).contiguous(memory_format=torch.channels_last)
             for block in self.stages[i]:
                 stream = block(stream)
-            taps.append(getattr(self, f"norm{i}")(stream).to(compute_dtype))
+            taps.append(getattr(self, f"norm{i}")(stream).to(tap_dtype))
         return taps
 
 
@@ -95,7 +122,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.arch = ConvNeXt(depths, dims)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        return self.arch(x)
+    def forward(self, x: Tensor, tap_dtype: torch.dtype = torch.float32) -> list[Tensor]:
+        return self.arch(x, tap_dtype)
 
 

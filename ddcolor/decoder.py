@@ -169,6 +169,11 @@ class Decoder(nn.Module):
         self.last_shuf = PixelShuffleUpsample(nf // 2, nf // 2, scale=4, batchnorm=False)
         self.color_decoder = MultiScaleColorDecoder(in_channels=out_channels, embed_dim=nf // 2, **config_color)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the pixel decoder computes in (that of its weights), which the encoder's taps are handed in."""
+        return self.layers[0].shuf.conv[0].weight.dtype
+
     def pixel_features(self, taps: list[Tensor]) -> list[Tensor]:
         """Encoder taps (1/4 .. 1/32) -> pixel features at 1/16, 1/8, 1/4 scale."""
         out = taps[3]

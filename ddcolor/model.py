@@ -16,6 +16,7 @@ nor the 256- or 100-channel full-resolution maps are ever built.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +26,16 @@ from torch import Tensor, nn
 from .convnext import VARIANTS, Encoder
 from .decoder import Decoder
 from .layers import CHUNK_ELEMENTS, Conv2d, blur_upsampled
+from .precision import full_precision
+
+log = logging.getLogger("ddcolor")
 
 # Every published network works on multiples of this (five 2x downsamplings).
 SIZE_MULTIPLE = 32
+# |ab| beyond this is no color: Lab's a/b span about +-128, a healthy network
+# overshoots to about 180 on photos and to a few hundred on noise. A half-precision
+# result past it (or not finite) is an overflow, and the image is redone in fp32.
+PLAUSIBLE_AB = 1000.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class DDColor(nn.Module):
         super().__init__()
         self.config = config
         self.precision = "fp32"  # set by precision.apply_precision
+        self.name = "DDColor"  # the checkpoint's file name, set by the loader (for log lines)
         self.encoder = Encoder(config.depths, config.dims)
         self.decoder = Decoder(
             config.dims,
@@ -90,7 +99,20 @@ class DDColor(nn.Module):
                 "Resize the input (ddcolor.colorize does this for you)."
             )
         x = x.float()
-        taps = self.encoder((x - self.mean) / self.std)
+        ab = self.predict(x)
+        if self.precision != "fp32":
+            failed = ~plausible_ab(ab)
+            if failed.any():
+                # A checkpoint whose activations leave the half range in a place
+                # the design does not protect: those images are redone in fp32.
+                _log_fallback_once(self)
+                with full_precision(self):
+                    ab[failed] = self.predict(x[failed])
+        return ab
+
+    def predict(self, x: Tensor) -> Tensor:
+        """The network itself, in the model's precision, with no safety net (``forward`` adds it)."""
+        taps = self.encoder((x - self.mean) / self.std, tap_dtype=self.decoder.compute_dtype)
         scales = self.decoder.pixel_features(taps)
         del taps
         color_embed = self.decoder.color_decoder(scales)
@@ -130,3 +152,22 @@ class DDColor(nn.Module):
         weight_x = weight_x / self.std.view(1, 3)
         bias = refine.bias.float() - weight_x @ self.mean.view(3)
         return ab + F.conv2d(x, weight_x[:, :, None, None], bias)
+
+
+def plausible_ab(ab: Tensor) -> Tensor:
+    """Per image of ``ab`` (B, 2, H, W): finite and within ``PLAUSIBLE_AB``."""
+    return (ab.abs() <= PLAUSIBLE_AB).flatten(1).all(dim=1)  # NaN compares False
+
+
+_FALLBACKS_LOGGED: set[tuple[str, str]] = set()
+
+
+def _log_fallback_once(model: DDColor) -> None:
+    key = (model.name, model.precision)
+    if key not in _FALLBACKS_LOGGED:
+        _FALLBACKS_LOGGED.add(key)
+        log.warning(
+            "ddcolor: %s overflowed in %s on some images; those were redone in fp32 "
+            "(correct, but slower: choose fp32 for this model to skip the retry)",
+            model.name, model.precision,
+        )
