@@ -136,8 +136,11 @@ def machine(device: str) -> str:
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(0)
     else:
+        from ddcolor.precision import cpu_bf16_units
+
         model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-        name = f"{model}, {os.cpu_count()} cores"
+        units = {"amx": "AMX bf16 units", "avx512": "avx512_bf16, no AMX"}.get(cpu_bf16_units(), "no native bf16")
+        name = f"{model} ({torch.backends.cpu.get_cpu_capability()}, {units}), {os.cpu_count()} cores"
     return f"{name}; torch {torch.__version__}; Python {platform.python_version()}"
 
 

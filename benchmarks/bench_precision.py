@@ -1,19 +1,26 @@
 """Half precision against fp32: ab deviations and colorfulness, ours and the original.
 
-For each variant and checkpoint (calibrated, stress), the fixture photos go
-through the network at ``--size`` in fp32 (reference), fp16 and bf16 (ours,
-strict: exactly that precision), and through the original architecture
-(spandrel-extra-arches' port) under fp16 / bf16 autocast. Reported: finite,
-mean and max |ab - ab_fp32|, and the Hasler-Suesstrunk colorfulness of the
-result relative to fp32.
+For each variant, on the calibrated checkpoint and every stress recipe of
+tests/calibrated.py, the fixture photos go through the network at ``--size``
+in fp32 (reference) and in each run of ``--runs``:
 
-    python benchmarks/bench_precision.py                     # tiny and large, 512
-    python benchmarks/bench_precision.py --variants tiny --size 384
+* ``fp16``, ``bf16``: ours, exactly that precision (strict), through ``forward``
+  (so with the fp32 safety net; the table says when it fired);
+* ``original-fp16``, ``original-bf16``: the original architecture
+  (spandrel-extra-arches' port) under autocast.
+
+Reported: finite, mean and max |ab - ab_fp32|, and the Hasler-Suesstrunk
+colorfulness of the result relative to fp32. Half precision is emulated, and
+slow, on CPUs without native half units; the numbers do not depend on speed.
+
+    python benchmarks/bench_precision.py                          # tiny and large, 512, every recipe
+    python benchmarks/bench_precision.py --variants tiny --size 384 --recipes none stage2
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -23,43 +30,78 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_engine import machine  # noqa: E402
 from ddcolor.checkpoint import model_from_state_dict  # noqa: E402
 from ddcolor.precision import apply_precision  # noqa: E402
-from tests.calibrated import FIXTURES, make_checkpoint  # noqa: E402
-from tests.oracle import original_model  # noqa: E402
+from tests.calibrated import FIXTURES, STRESS_RECIPES, stressed  # noqa: E402
+from tests.conftest import calibrated_checkpoint  # noqa: E402
+from tests.oracle import load_state, original_model  # noqa: E402
 from tests.test_precision import colorfulness_of, fixture_inputs  # noqa: E402
+
+RUNS = ("fp16", "bf16", "original-fp16", "original-bf16")
+
+
+class FallbackWatch(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.fired = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.fired |= "redone in fp32" in record.getMessage()
+
+
+def run(state: dict, x: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
+    """ab for ``x`` in run ``name``, and whether the fp32 safety net fired."""
+    if name.startswith("original-"):
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name.split("-")[1]]
+        with torch.autocast("cpu", dtype=dtype):
+            return original_model(dict(state))(x).float(), False
+    watch = FallbackWatch()
+    logger = logging.getLogger("ddcolor")
+    logger.addHandler(watch)
+    try:
+        return apply_precision(model_from_state_dict(dict(state)), name)(x), watch.fired
+    finally:
+        logger.removeHandler(watch)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["tiny", "large"])
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--recipes", nargs="+", default=["none", *STRESS_RECIPES], help="none and/or stress recipes")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     photos = sorted(p for p in FIXTURES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     x = fixture_inputs(photos, args.size)
-    print(f"{len(photos)} fixture photos at {args.size}; torch {torch.__version__}; CPU\n")
+    print(f"{len(photos)} fixture photos at {args.size}; {machine('cpu')}\n")
     print("| variant | checkpoint | run | finite | mean abs ab diff | max abs ab diff | colorfulness vs fp32 |")
     print("|---|---|---|---|---|---|---|")
+    torch.set_grad_enabled(False)
     for variant in args.variants:
-        for stress in (False, True):
-            state = make_checkpoint(variant, stress=stress)
-            with torch.inference_mode():
-                reference = model_from_state_dict(dict(state))(x)
-                runs = {f"ours {p}": apply_precision(model_from_state_dict(dict(state)), p)(x) for p in ("fp16", "bf16")}
-                original = original_model(dict(state))
-                for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
-                    with torch.autocast("cpu", dtype=dtype):
-                        runs[f"original, {name} autocast"] = original(x).float()
-                del original
-            base = colorfulness_of(x, reference)
-            for run, ab in runs.items():
-                row = f"| {variant} | {'stress' if stress else 'calibrated'} | {run} |"
+        base = load_state(calibrated_checkpoint(variant))
+        for recipe in args.recipes:
+            if recipe == "none":
+                state = base
+            elif recipe == "blocks":
+                state = load_state(calibrated_checkpoint(variant, stress="blocks"))
+            else:
+                state = stressed(base, recipe, x)
+            reference = model_from_state_dict(dict(state))(x)
+            base_colorfulness = colorfulness_of(x, reference)
+            for name in args.runs:
+                ab, fell_back = run(state, x, name)
+                if name.startswith("original-"):
+                    label = f"original, {name.removeprefix('original-')} autocast"
+                else:
+                    label = f"ours {name}" + (" (fp32 safety net fired)" if fell_back else "")
+                row = f"| {variant} | {'calibrated' if recipe == 'none' else recipe} | {label} |"
                 if not torch.isfinite(ab).all():
                     print(f"{row} False ({(~torch.isfinite(ab)).float().mean():.1%} NaN/Inf) | - | - | - |", flush=True)
                     continue
                 diff = (ab - reference).abs()
-                shift = colorfulness_of(x, ab) / base - 1
+                shift = colorfulness_of(x, ab) / base_colorfulness - 1
                 print(f"{row} True | {diff.mean():.3f} | {diff.max():.2f} | {shift:+.2%} |", flush=True)
 
 

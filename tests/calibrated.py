@@ -16,8 +16,20 @@ calibrated checkpoint fixes that:
 * the color embedding scaled so ab has std ~25 (a few hot pixels, as in real
   outputs, overshoot +-110; the pipeline clamps ab to the Lab range).
 
-``stress=True`` additionally inflates stage-3 layer scales until the FP32
-residual stream exceeds 70000 (fp16's maximum is 65504).
+Stress recipes (``stress=``, ``STRESS_RECIPES``) make checkpoints whose FP32
+output is that of a calibrated one (to ~1e-4) but whose activations leave
+fp16's range (65504), each the way a trained network could:
+
+* ``blocks``: stage-3 layer scales inflated during calibration until the FP32
+  residual stream exceeds 70000;
+* ``stem``, ``stage1``, ``stage2``, ``stage3``: one stage's residual stream
+  scaled to a peak of ``STREAM_PEAK`` on real photos through its writers: the
+  stem conv and the LayerNorm after it (stage 0), or the downsample conv
+  (stages 1-3), plus every block's depthwise-conv bias and layer scale. Every
+  reader of the stream is a LayerNorm, so the output does not change;
+* ``overflow``: the first color-decoder FFN's hidden layer scaled past fp16's
+  range (its output weights scaled down: ReLU keeps the output), a place the
+  fp16 design does not protect, to test the fp32 fallback.
 
 The result is a state dict in the *published* layout (``weight_orig`` /
 ``weight_u`` / ``weight_v``, leftover ``head_cls``), ready to save as
@@ -60,6 +72,9 @@ STAGE_GROWTH = (0.2, 0.2, 0.2, 0.2)
 OUTLIER_FRACTION = 0.02
 OUTLIER_GAIN = 40.0
 STRESS_GAIN = 4000.0
+STRESS_RECIPES = ("blocks", "stem", "stage1", "stage2", "stage3", "overflow")
+STREAM_PEAK = 1.2e5
+OVERFLOW_PEAK = 2e5  # past fp16 (65504), with linear1 weights that fp16 still holds
 ATTENTION_SHARPNESS = 1.2
 AB_STD = 25.0
 
@@ -111,8 +126,12 @@ def _generated_scene(size: int, generator: torch.Generator) -> Tensor:
     return (image + 0.1 * noise[0, 0]).clamp(0, 1).expand(1, 3, size, size).contiguous()
 
 
-def make_checkpoint(variant: str = "tiny", *, stress: bool = False, seed: int = 0, calib_size: int = 256) -> dict[str, Tensor]:
-    """A calibrated state dict in the published layout (see module docstring)."""
+def make_checkpoint(
+    variant: str = "tiny", *, stress: str | None = None, seed: int = 0, calib_size: int = 256
+) -> dict[str, Tensor]:
+    """A calibrated state dict in the published layout, optionally stressed (see module docstring)."""
+    if stress is not None and stress not in STRESS_RECIPES:
+        raise ValueError(f"stress must be one of {', '.join(STRESS_RECIPES)}; got {stress!r}")
     config = CONFIGS[variant]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -121,10 +140,76 @@ def make_checkpoint(variant: str = "tiny", *, stress: bool = False, seed: int = 
     images = calibration_images(calib_size, seed=seed)
     x = (images - model.mean) / model.std
     with torch.no_grad():
-        _calibrate_encoder(model, x, generator, stress)
+        _calibrate_encoder(model, x, generator, stress == "blocks")
         _calibrate_batchnorm(model, x)
         _calibrate_output(model, images)
-    return _published_layout(model, spectral)
+    state = _published_layout(model, spectral)
+    if stress not in (None, "blocks"):
+        state = stressed(state, stress, images)
+    return state
+
+
+def stressed(state: dict[str, Tensor], recipe: str, images: Tensor | None = None) -> dict[str, Tensor]:
+    """A copy of a calibrated published-layout ``state`` with a scaling ``recipe`` applied.
+
+    ``images``: gray RGB inputs to measure peaks on (default: ``calibration_images()``).
+    ``blocks`` needs calibration itself: use ``make_checkpoint(stress="blocks")``.
+    """
+    from ddcolor.checkpoint import model_from_state_dict
+
+    if recipe not in STRESS_RECIPES or recipe == "blocks":
+        raise ValueError(f"recipe must be one of {', '.join(STRESS_RECIPES[1:])}; got {recipe!r}")
+    images = calibration_images() if images is None else images
+    model = model_from_state_dict(dict(state))
+    state = {k: v.clone() for k, v in state.items()}
+    with torch.no_grad():
+        if recipe == "overflow":
+            prefix = "decoder.color_decoder.transformer_ffn_layers.0"
+            hidden = _ffn_hidden_peak(model, images)
+            s = OVERFLOW_PEAK / hidden
+            for key in (f"{prefix}.linear1.weight", f"{prefix}.linear1.bias"):
+                state[key] *= s
+            state[f"{prefix}.linear2.weight"] /= s
+            return state
+        stage = 0 if recipe == "stem" else int(recipe[-1])
+        s = STREAM_PEAK / stream_peaks(model, images)[stage]
+        arch = "encoder.arch"
+        writers = [f"{arch}.downsample_layers.0.0", f"{arch}.downsample_layers.0.1"] if stage == 0 else [f"{arch}.downsample_layers.{stage}.1"]
+        for writer in writers:
+            state[f"{writer}.weight"] *= s
+            state[f"{writer}.bias"] *= s
+        for block in range(len(model.encoder.arch.stages[stage])):
+            state[f"{arch}.stages.{stage}.{block}.dwconv.bias"] *= s
+            state[f"{arch}.stages.{stage}.{block}.gamma"] *= s
+    return state
+
+
+def stream_peaks(model: DDColor, images: Tensor) -> list[float]:
+    """max |residual stream| of each encoder stage (FP32) over ``images`` (gray RGB in [0, 1])."""
+    arch = model.encoder.arch
+    stream = (images - model.mean) / model.std
+    peaks = []
+    with torch.no_grad():
+        for i in range(4):
+            stream = arch.downsample_layers[i](stream.float())
+            peak = stream.abs().max()
+            for block in arch.stages[i]:
+                stream = block(stream)
+                peak = torch.maximum(peak, stream.abs().max())
+            peaks.append(peak.item())
+    return peaks
+
+
+def _ffn_hidden_peak(model: DDColor, images: Tensor) -> float:
+    ffn = model.decoder.color_decoder.transformer_ffn_layers[0]
+    peak = []
+    hook = ffn.linear1.register_forward_hook(lambda module, args, out: peak.append(out.relu().abs().max().item()))
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        hook.remove()
+    return peak[0]
 
 
 def _spectral_triplet(weight: Tensor, generator: torch.Generator, iterations: int = 200) -> tuple[Tensor, Tensor, Tensor]:
@@ -260,7 +345,7 @@ def _published_layout(model: DDColor, spectral: dict[str, tuple[Tensor, Tensor, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=sorted(CONFIGS), default="tiny")
-    parser.add_argument("--stress", action="store_true")
+    parser.add_argument("--stress", choices=STRESS_RECIPES, help="a stress recipe (default: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()

@@ -17,20 +17,27 @@ REPO = Path(__file__).resolve().parent.parent
 CHECKPOINT_SOURCES = ["tests/calibrated.py", "ddcolor/model.py", "ddcolor/decoder.py", "ddcolor/convnext.py", "ddcolor/layers.py", "ddcolor/color.py"]
 
 
-def calibrated_checkpoint(variant: str, stress: bool = False) -> Path:
+def calibrated_checkpoint(variant: str, stress: str | None = None) -> Path:
     """A calibrated synthetic checkpoint ({'params': state}, published layout), built once.
 
+    ``stress``: a recipe of ``tests.calibrated.STRESS_RECIPES``; all but
+    "blocks" are derived from the calibrated checkpoint, which is built first.
     Kept in .cache/tests under a name that changes whenever its sources
     change; written atomically so parallel sessions never read half a file.
     """
-    from tests.calibrated import make_checkpoint
+    from tests.calibrated import make_checkpoint, stressed
 
     digest = hashlib.sha256(b"".join((REPO / name).read_bytes() for name in CHECKPOINT_SOURCES)).hexdigest()[:16]
-    path = REPO / ".cache" / "tests" / f"calibrated_{variant}{'_stress' if stress else ''}_{digest}.pth"
+    path = REPO / ".cache" / "tests" / f"calibrated_{variant}{'_' + stress if stress else ''}_{digest}.pth"
     if not path.is_file():
+        if stress in (None, "blocks"):
+            state = make_checkpoint(variant, stress=stress)
+        else:
+            base = torch.load(calibrated_checkpoint(variant), map_location="cpu", weights_only=True)["params"]
+            state = stressed(base, stress)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        torch.save({"params": make_checkpoint(variant, stress=stress)}, partial)
+        torch.save({"params": state}, partial)
         partial.replace(path)
     return path
 
@@ -50,7 +57,7 @@ def tiny_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def tiny_stress_checkpoint() -> Path:
     """DDColor-T whose FP32 encoder residual stream exceeds 70000 (fp16 max: 65504)."""
-    return calibrated_checkpoint("tiny", stress=True)
+    return calibrated_checkpoint("tiny", stress="blocks")
 
 
 @pytest.fixture(scope="session")

@@ -1,22 +1,45 @@
-"""Precision policy and half-precision numerics (fp16 / bf16 against fp32)."""
+"""Precision policy and half-precision numerics (fp16 / bf16 against fp32).
+
+fp16's promise, checked here on the calibrated checkpoints and on every stress
+recipe of tests/calibrated.py, both variants: finite, within mean 0.5 / max 3
+ab units of fp32, colorfulness within 1%, without the fp32 safety net.
+
+The forwards run at ``NUMERICS_SIZE`` on the fixture photos. CPUs without
+native half units (an AVX2-only EPYC, say) emulate fp16 and bf16 at about an
+eighth of fp32's speed, so the suite checks small images and
+benchmarks/bench_precision.py the working sizes people use.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from functools import lru_cache
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 import ddcolor
+from ddcolor import model as model_module
 from ddcolor import precision
 from ddcolor.checkpoint import model_from_state_dict
 from ddcolor.color import colorfulness, gray_rgb_from_lightness, lab_to_rgb, rgb_to_lab
 from ddcolor.precision import apply_precision, fp32_modules, resolve_precision
-from tests.oracle import load_state, original_model
+from tests.calibrated import STRESS_RECIPES, stream_peaks, stressed
+from tests.conftest import calibrated_checkpoint
+from tests.oracle import load_state
 
-FP16_HALF_MAX = 65504.0
+FP16_MAX = 65504.0
+NUMERICS_SIZE = 128
+# The fp16 promise (ab units; colorfulness relative to fp32).
+FP16_MEAN, FP16_MAX_ERROR, COLORFULNESS = 0.5, 3.0, 0.01
+
+
+# ----------------------------------------------------------------------------- policy
 
 
 def test_auto_and_explicit_precisions_on_a_cpu(monkeypatch, caplog):
@@ -36,17 +59,6 @@ def test_auto_and_explicit_precisions_on_a_cpu(monkeypatch, caplog):
     assert not caplog.records
 
 
-def test_cpus_with_bf16_units(monkeypatch, caplog):
-    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "avx512")
-    assert resolve_precision("auto", "cpu") == "fp32"
-    assert resolve_precision("bf16", "cpu") == "bf16"
-    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "amx")
-    assert resolve_precision("auto", "cpu") == "bf16"
-    with caplog.at_level(logging.WARNING, logger="ddcolor"):
-        assert resolve_precision("fp16", "cpu") == "bf16"
-    assert "fp16 is slow or unsupported on cpu; running bf16 instead" in caplog.text
-
-
 def test_precisions_on_cuda_devices(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert resolve_precision("auto", "cuda") == "fp16"
@@ -62,6 +74,9 @@ def test_unknown_precision_names_the_choices():
         resolve_precision("half", "cpu")
 
 
+# ----------------------------------------------------------------------------- how half precision holds the model
+
+
 def parameter_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
@@ -71,16 +86,75 @@ def test_half_weights_halve_memory_and_pinned_tensors_stay_fp32(tiny_checkpoint,
     full = model_from_state_dict(load_state(tiny_checkpoint))
     half = apply_precision(model_from_state_dict(load_state(tiny_checkpoint)), name)
     assert half.precision == name
-    assert parameter_bytes(half) / parameter_bytes(full) < 0.505
+    # The FP32 stream's writers (stem, downsample convs) and norms cost a few percent.
+    assert parameter_bytes(half) / parameter_bytes(full) <= 0.55
     pinned = fp32_modules(half)
     assert "encoder.arch.norm0" in pinned and "decoder.layers.0.bn" in pinned
     assert "encoder.arch.stages.2.0.dwconv" in pinned
+    assert "encoder.arch.downsample_layers.0.0" in pinned and "encoder.arch.downsample_layers.3.1" in pinned
+    assert half.kept_in_fp32 == []  # a calibrated checkpoint fits half precision everywhere
     for module_name, module in half.named_modules():
         for tensor_name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
             if not tensor.is_floating_point():
                 continue
             keep = tensor_name in getattr(module, "fp32_tensors", ())
             assert tensor.dtype == (torch.float32 if keep else precision.DTYPES[name]), f"{module_name}.{tensor_name}"
+
+
+class FlopsByDtype(TorchDispatchMode):
+    """FLOPs of every matmul and convolution that runs, by the dtype it runs in."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops[out.dtype] += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def test_most_conv_and_linear_work_runs_in_fp16(tiny_checkpoint):
+    model = apply_precision(model_from_state_dict(load_state(tiny_checkpoint)), "fp16")
+    with FlopsByDtype() as counter, torch.no_grad():
+        model.predict(torch.rand(1, 3, 64, 64))
+    share = counter.flops[torch.float16] / sum(counter.flops.values())
+    # What stays FP32 by design: depthwise convs, stem and downsample convs, attention logits.
+    assert share > 0.9, dict(counter.flops)
+
+
+def test_balancing_for_half_is_exact_in_fp32(tiny_checkpoint):
+    state = load_state(tiny_checkpoint)
+    x = fixture_free_inputs(2)
+    model = model_from_state_dict(dict(state))
+    with torch.inference_mode():
+        expected = model(x)
+        for module in model.modules():
+            if hasattr(module, "balance_for_half"):
+                module.balance_for_half()
+        actual = model(x)
+    assert (actual - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+def test_weights_out_of_fp16_range_stay_fp32(tiny_checkpoint, caplog):
+    state = load_state(tiny_checkpoint)
+    ffn = "decoder.color_decoder.transformer_ffn_layers.1"
+    state[f"{ffn}.linear2.weight"] = state[f"{ffn}.linear2.weight"] * 1e-6  # sinks into fp16 subnormals
+    state[f"{ffn}.linear1.weight"] = state[f"{ffn}.linear1.weight"] * 1e7  # past 65504
+    with caplog.at_level(logging.INFO, logger="ddcolor"):
+        model = apply_precision(model_from_state_dict(state), "fp16")
+    assert model.kept_in_fp32 == [f"{ffn}.linear1", f"{ffn}.linear2"]
+    assert model.get_submodule(f"{ffn}.linear2").bias.dtype == torch.float32
+    assert f"{ffn}.linear1" in fp32_modules(model)
+    assert "2 layer(s) with weights out of fp16's range stay fp32" in caplog.text
+    bf16 = apply_precision(model_from_state_dict(load_state(tiny_checkpoint)), "bf16")
+    assert bf16.kept_in_fp32 == []
+
+
+# ----------------------------------------------------------------------------- numerics
 
 
 def fixture_inputs(paths, size: int) -> torch.Tensor:
@@ -95,45 +169,138 @@ def fixture_inputs(paths, size: int) -> torch.Tensor:
     return torch.cat(batch)
 
 
+def fixture_free_inputs(count: int, size: int = 64) -> torch.Tensor:
+    from tests.calibrated import calibration_images
+
+    return calibration_images(size, count=count, seed=11)
+
+
 def colorfulness_of(x: torch.Tensor, ab: torch.Tensor) -> float:
     lab = torch.cat([rgb_to_lab(x)[:, :1], ab.clamp(-128, 127)], dim=1)
     return colorfulness(lab_to_rgb(lab))
 
 
-def test_stress_checkpoint_overflows_fp16_in_fp32(tiny_stress_checkpoint, fixture_photos):
-    model = model_from_state_dict(load_state(tiny_stress_checkpoint))
-    stream = (fixture_inputs(fixture_photos, 256) - model.mean) / model.std
-    arch = model.encoder.arch
+@lru_cache(maxsize=4)
+def _reference(variant: str, recipe: str | None, photos: tuple) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """(state, inputs, fp32 ab) for a variant and recipe; the derived recipes share the base's fp32 ab."""
+    x = fixture_inputs(photos, NUMERICS_SIZE)
+    if recipe == "blocks":
+        state = load_state(calibrated_checkpoint(variant, stress="blocks"))
+    else:
+        state = load_state(calibrated_checkpoint(variant))
     with torch.inference_mode():
-        for i in range(4):
-            stream = arch.downsample_layers[i](stream).float()
-            for block in arch.stages[i]:
-                stream = block(stream)
-    peak_per_photo = stream.abs().amax(dim=(1, 2, 3))
-    assert (peak_per_photo > 70000).all() and 70000 > FP16_HALF_MAX
+        ab = model_from_state_dict(dict(state))(x)
+    return state, x, ab
 
 
-@pytest.mark.parametrize("checkpoint", ["tiny_checkpoint", "tiny_stress_checkpoint"])
-def test_half_precision_matches_fp32(checkpoint, request, fixture_photos):
-    """fp16 within mean 0.5 / max 3 ab units of fp32, colorfulness within 1%.
-
-    bf16 keeps 8 mantissa bits to fp16's 11, so it is held to the original
-    architecture under bf16 autocast on the same checkpoint and photos.
-    """
-    state = load_state(request.getfixturevalue(checkpoint))
-    x = fixture_inputs(fixture_photos, 384)
+def half_precision_report(variant: str, recipe: str | None, name: str, photos: list) -> dict:
+    """fp32 vs ``name`` on ``photos``: the network alone (``predict``, no fp32 safety net)."""
+    state, x, reference = _reference(variant, None if recipe not in (None, "blocks") else recipe, tuple(photos))
+    if recipe not in (None, "blocks"):
+        state = stressed(state, recipe, x)
+    model = apply_precision(model_from_state_dict(dict(state)), name)
     with torch.inference_mode():
-        reference = model_from_state_dict(dict(state))(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            original_bf16 = original_model(dict(state))(x).float()
-        results = {name: apply_precision(model_from_state_dict(dict(state)), name)(x) for name in ("fp16", "bf16")}
-    reference_colorfulness = colorfulness_of(x, reference)
-    report = {}
-    for name, ab in results.items():
-        assert ab.dtype == torch.float32 and torch.isfinite(ab).all(), name
-        error = (ab - reference).abs()
-        report[name] = (error.mean().item(), error.max().item())
-        assert abs(colorfulness_of(x, ab) / reference_colorfulness - 1) < 0.01, name
-    assert report["fp16"][0] < 0.5 and report["fp16"][1] < 3, report
-    original_error = (original_bf16 - reference).abs().mean().item()
-    assert report["bf16"][0] < 1.25 * original_error, (report, original_error)
+        ab = model.predict(x)
+    error = (ab - reference).abs()
+    return {
+        "finite": bool(torch.isfinite(ab).all()),
+        "mean": error.mean().item(),
+        "max": error.max().item(),
+        "colorfulness": colorfulness_of(x, ab) / colorfulness_of(x, reference) - 1,
+        "kept_in_fp32": model.kept_in_fp32,
+    }
+
+
+STREAM_RECIPES = ["stem", "stage1", "stage2", "stage3"]
+
+
+@pytest.mark.parametrize("recipe", STREAM_RECIPES + ["overflow"])
+def test_stress_recipes_leave_fp16_range_but_not_the_fp32_output(recipe, fixture_photos):
+    state, x, reference = _reference("tiny", None, tuple(fixture_photos))
+    model = model_from_state_dict(stressed(state, recipe, x))
+    if recipe == "overflow":
+        hidden = []
+        ffn = model.decoder.color_decoder.transformer_ffn_layers[0].linear1
+        ffn.register_forward_hook(lambda m, args, out: hidden.append(out.relu().abs().amax().item()))
+    with torch.inference_mode():
+        ab = model(x)
+    if recipe == "overflow":
+        assert hidden[0] > FP16_MAX
+    else:
+        stage = 0 if recipe == "stem" else int(recipe[-1])
+        assert stream_peaks(model, x)[stage] > FP16_MAX
+    assert (ab - reference).abs().max() < 1e-4 * reference.abs().max()
+
+
+def test_blocks_recipe_overflows_fp16_in_fp32(fixture_photos):
+    state, x, _ = _reference("tiny", "blocks", tuple(fixture_photos))
+    assert stream_peaks(model_from_state_dict(dict(state)), x)[3] > 70000 > FP16_MAX
+
+
+@pytest.mark.parametrize(
+    "variant, recipe",
+    [("tiny", r) for r in (None, "blocks", *STREAM_RECIPES)] + [("large", r) for r in (None, "blocks", *STREAM_RECIPES)],
+)
+def test_fp16_meets_its_bounds_on_every_stress_recipe(variant, recipe, fixture_photos):
+    report = half_precision_report(variant, recipe, "fp16", fixture_photos)
+    assert report["finite"] and report["kept_in_fp32"] == [], report
+    assert report["mean"] < FP16_MEAN and report["max"] < FP16_MAX_ERROR, report
+    assert abs(report["colorfulness"]) < COLORFULNESS, report
+
+
+@pytest.mark.parametrize("variant", ["tiny", "large"])
+def test_bf16_stays_close_to_fp32(variant, fixture_photos):
+    """bf16 keeps 8 mantissa bits to fp16's 11: 1-2 ab units off on average at
+    this small size (the original under bf16 autocast is as far off,
+    benchmarks/RESULTS.md). The README promises no more than that."""
+    report = half_precision_report(variant, None, "bf16", fixture_photos)
+    assert report["finite"], report
+    assert report["mean"] < 2.5 and report["max"] < 16.0, report
+    assert abs(report["colorfulness"]) < 0.03, report
+
+
+# ----------------------------------------------------------------------------- the fp32 safety net
+
+
+def test_an_overflowing_checkpoint_is_redone_in_fp32_and_logged_once(fixture_photos, caplog, monkeypatch):
+    monkeypatch.setattr(model_module, "_FALLBACKS_LOGGED", set())
+    state, x, reference = _reference("tiny", None, tuple(fixture_photos))
+    model = apply_precision(model_from_state_dict(stressed(state, "overflow", x), source="overflow.pth"), "fp16")
+    with torch.inference_mode():
+        assert not torch.isfinite(model.predict(x)).all()  # the design does not protect this place
+        with caplog.at_level(logging.WARNING, logger="ddcolor"):
+            ab = model(x)
+            model(x[:1])
+    assert torch.isfinite(ab).all()
+    error = (ab - reference).abs()
+    assert error.mean() < FP16_MEAN and error.max() < FP16_MAX_ERROR
+    fallbacks = [r.message for r in caplog.records if "redone in fp32" in r.message]
+    assert len(fallbacks) == 1 and "overflow.pth" in fallbacks[0] and "fp16" in fallbacks[0]
+    # Back in fp16 afterwards, weights and all.
+    assert model.precision == "fp16"
+    assert model.decoder.color_decoder.transformer_ffn_layers[0].linear1.weight.dtype == torch.float16
+
+
+def test_only_the_failed_images_are_redone(small_checkpoint, monkeypatch):
+    model = ddcolor.load_model(small_checkpoint, precision="fp16", strict_precision=True)
+    x = fixture_free_inputs(3)
+    real_predict = model.predict
+    calls = []
+
+    def predict(batch):
+        calls.append((len(batch), model.precision))
+        ab = real_predict(batch)
+        if model.precision == "fp16":
+            ab[1, 0, 5, 5] = float("nan")  # image 1 overflows somewhere
+            ab[2] *= 50  # image 2 comes out far outside any color
+        return ab
+
+    monkeypatch.setattr(model, "predict", predict)
+    with torch.inference_mode():
+        ab = model(x)
+    assert calls == [(3, "fp16"), (2, "fp32")]
+    assert torch.isfinite(ab).all() and ab.abs().max() < model_module.PLAUSIBLE_AB
+    monkeypatch.undo()
+    with torch.inference_mode():
+        half = model.predict(x)
+    assert torch.equal(ab[0], half[0])  # the good image keeps its fp16 result
