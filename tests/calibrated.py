@@ -127,9 +127,14 @@ def _generated_scene(size: int, generator: torch.Generator) -> Tensor:
 
 
 def make_checkpoint(
-    variant: str = "tiny", *, stress: str | None = None, seed: int = 0, calib_size: int = 256
+    variant: str = "tiny", *, stress: str | None = None, seed: int = 0, calib_size: int = 256, device: str | torch.device = "cpu"
 ) -> dict[str, Tensor]:
-    """A calibrated state dict in the published layout, optionally stressed (see module docstring)."""
+    """A calibrated state dict in the published layout, optionally stressed (see module docstring).
+
+    ``device``: where the calibration passes run (a GPU makes DDColor-L take
+    seconds instead of minutes); random draws stay on the CPU and the state
+    comes back on the CPU.
+    """
     if stress is not None and stress not in STRESS_RECIPES:
         raise ValueError(f"stress must be one of {', '.join(STRESS_RECIPES)}; got {stress!r}")
     config = CONFIGS[variant]
@@ -137,7 +142,8 @@ def make_checkpoint(
     generator = torch.Generator().manual_seed(seed)
     model = DDColor(config).eval()
     spectral = _init_weights(model, generator)
-    images = calibration_images(calib_size, seed=seed)
+    model.to(device)
+    images = calibration_images(calib_size, seed=seed).to(device)
     x = (images - model.mean) / model.std
     with torch.no_grad():
         _calibrate_encoder(model, x, generator, stress == "blocks")
@@ -145,11 +151,13 @@ def make_checkpoint(
         _calibrate_output(model, images)
     state = _published_layout(model, spectral)
     if stress not in (None, "blocks"):
-        state = stressed(state, stress, images)
+        state = stressed(state, stress, images, device=device)
     return state
 
 
-def stressed(state: dict[str, Tensor], recipe: str, images: Tensor | None = None) -> dict[str, Tensor]:
+def stressed(
+    state: dict[str, Tensor], recipe: str, images: Tensor | None = None, *, device: str | torch.device = "cpu"
+) -> dict[str, Tensor]:
     """A copy of a calibrated published-layout ``state`` with a scaling ``recipe`` applied.
 
     ``images``: gray RGB inputs to measure peaks on (default: ``calibration_images()``).
@@ -159,8 +167,8 @@ def stressed(state: dict[str, Tensor], recipe: str, images: Tensor | None = None
 
     if recipe not in STRESS_RECIPES or recipe == "blocks":
         raise ValueError(f"recipe must be one of {', '.join(STRESS_RECIPES[1:])}; got {recipe!r}")
-    images = calibration_images() if images is None else images
-    model = model_from_state_dict(dict(state))
+    images = (calibration_images() if images is None else images).to(device)
+    model = model_from_state_dict(dict(state)).to(device)
     state = {k: v.clone() for k, v in state.items()}
     with torch.no_grad():
         if recipe == "overflow":
@@ -282,6 +290,7 @@ def _calibrate_encoder(model: DDColor, x: Tensor, generator: torch.Generator, st
         gain[outliers] *= OUTLIER_GAIN
         if stress and i == 3:
             gain[outliers] *= STRESS_GAIN
+        gain, outliers = gain.to(stream.device), outliers.to(stream.device)
         # Trained nets give massive-activation channels small norm weights,
         # so they dominate the stream but not the normalized features.
         quiet = [block.norm for block in stage] + [getattr(arch, f"norm{i}")]
@@ -322,7 +331,7 @@ def _calibrate_output(model: DDColor, images: Tensor) -> None:
     last.weight.mul_(scale)
     last.bias.mul_(scale)
     ab = model(images)
-    refine.bias.sub_(ab.mean(dim=(0, 2, 3)) - torch.tensor([4.0, 10.0]))
+    refine.bias.sub_(ab.mean(dim=(0, 2, 3)) - torch.tensor([4.0, 10.0], device=ab.device))
 
 
 def _denormalize(model: DDColor, x: Tensor) -> Tensor:
@@ -330,7 +339,7 @@ def _denormalize(model: DDColor, x: Tensor) -> Tensor:
 
 
 def _published_layout(model: DDColor, spectral: dict[str, tuple[Tensor, Tensor, Tensor]]) -> dict[str, Tensor]:
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     for name, (weight, u, v) in spectral.items():
         del state[f"{name}.weight"]
         state[f"{name}.weight_orig"] = weight.clone()

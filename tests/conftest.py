@@ -17,11 +17,13 @@ REPO = Path(__file__).resolve().parent.parent
 CHECKPOINT_SOURCES = ["tests/calibrated.py", "ddcolor/model.py", "ddcolor/decoder.py", "ddcolor/convnext.py", "ddcolor/layers.py", "ddcolor/color.py"]
 
 
-def calibrated_checkpoint(variant: str, stress: str | None = None) -> Path:
+def calibrated_checkpoint(variant: str, stress: str | None = None, device: str = "cpu") -> Path:
     """A calibrated synthetic checkpoint ({'params': state}, published layout), built once.
 
     ``stress``: a recipe of ``tests.calibrated.STRESS_RECIPES``; all but
     "blocks" are derived from the calibrated checkpoint, which is built first.
+    ``device``: where a build's calibration runs (benchmarks/gpu_check.py
+    passes its GPU); a cached file is used whatever device built it.
     Kept in .cache/tests under a name that changes whenever its sources
     change; written atomically so parallel sessions never read half a file.
     """
@@ -31,10 +33,10 @@ def calibrated_checkpoint(variant: str, stress: str | None = None) -> Path:
     path = REPO / ".cache" / "tests" / f"calibrated_{variant}{'_' + stress if stress else ''}_{digest}.pth"
     if not path.is_file():
         if stress in (None, "blocks"):
-            state = make_checkpoint(variant, stress=stress)
+            state = make_checkpoint(variant, stress=stress, device=device)
         else:
-            base = torch.load(calibrated_checkpoint(variant), map_location="cpu", weights_only=True)["params"]
-            state = stressed(base, stress)
+            base = torch.load(calibrated_checkpoint(variant, device=device), map_location="cpu", weights_only=True)["params"]
+            state = stressed(base, stress, device=device)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         torch.save({"params": state}, partial)
