@@ -124,12 +124,22 @@ def original_available() -> str | None:
     return None
 
 
-def load_original(path: Path, device: str) -> torch.nn.Module:
+def load_original(path: Path, device: str, reuse: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The original with ``path``'s weights; ``reuse``: a model of the same variant to load them into.
+
+    Building the original initializes every weight at random first (seconds
+    for DDColor-L); loading another checkpoint into a built one is exact.
+    """
     from spandrel_extra_arches.architectures.DDColor import DDColorArch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         state = torch.load(path, map_location="cpu", weights_only=True)["params"]
+        if reuse is not None:
+            for key in ("encoder.arch.head_cls.weight", "encoder.arch.head_cls.bias"):
+                state.pop(key, None)  # as spandrel's loader does
+            reuse.load_state_dict(state, strict=True)
+            return reuse
         return DDColorArch().load(state).model.eval().to(device)
 
 
@@ -302,13 +312,17 @@ def run_numerics(args, inputs: Inputs, budget: Budget, report: dict) -> None:
     missing = original_available()
     x = inputs.batch(args.numerics_size, args.device)
     for variant in args.variants:
+        original = None
         for recipe in [None, *args.recipes]:
             name = recipe or "calibrated"
             if not budget.allows(f"numerics {variant} {name}"):
                 continue
             with budget.unit(f"numerics {variant} {name}"):
                 path = timed_build(variant, recipe, args, report)
-                outputs = half_precision_outputs(path, x, args.device, with_original=not missing)
+                outputs = ours_outputs(path, x, args.device)
+                if not missing:
+                    original = load_original(path, args.device, reuse=original)
+                    outputs.update(original_outputs(original, x, args.device))
                 comparisons = [("ours fp16", "ours fp32"), ("ours bf16", "ours fp32")]
                 if not missing:
                     comparisons += [("original fp16 autocast", "original fp32"), ("original fp32", "ours fp32")]
@@ -319,25 +333,28 @@ def run_numerics(args, inputs: Inputs, budget: Budget, report: dict) -> None:
                     print(f"  numerics {variant} {name}: {run} vs {reference}: {describe(row)}", flush=True)
                 if missing:
                     report["numerics"].append({"variant": variant, "checkpoint": name, "run": "original", "error": missing})
+        original = None
+        release(args.device)
 
 
-def half_precision_outputs(path: Path, x: torch.Tensor, device: str, with_original: bool) -> dict[str, torch.Tensor]:
-    """ab of ``x`` from each run, float32; the fp32 references in IEEE fp32."""
+def ours_outputs(path: Path, x: torch.Tensor, device: str) -> dict[str, torch.Tensor]:
+    """ab of ``x`` from ours in each precision, as float32; the fp32 reference in IEEE fp32."""
     outputs = {}
     with torch.inference_mode():
         for precision in ("fp32", "fp16", "bf16"):
             with ieee_fp32() if precision == "fp32" else nullcontext():
                 outputs[f"ours {precision}"] = load_ours(path, precision, device)(x).float()
             release(device)
-        if with_original:
-            original = load_original(path, device)
-            with ieee_fp32():
-                outputs["original fp32"] = original(x).float()
-            with forward_context("original", "fp16", device):
-                outputs["original fp16 autocast"] = original(x).float()
-            del original
-            release(device)
     return outputs
+
+
+def original_outputs(original: torch.nn.Module, x: torch.Tensor, device: str) -> dict[str, torch.Tensor]:
+    with torch.inference_mode():
+        with ieee_fp32():
+            fp32 = original(x).float()
+        with forward_context("original", "fp16", device):
+            fp16 = original(x).float()
+    return {"original fp32": fp32, "original fp16 autocast": fp16}
 
 
 def compare(x: torch.Tensor, ab: torch.Tensor, reference: torch.Tensor) -> dict:
