@@ -168,9 +168,9 @@ def ieee_fp32():
 def release(device: str) -> None:
     gc.collect()
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def timed_forwards(model, x: torch.Tensor, context, device: str, repeats: int, warmups: int) -> dict:
@@ -181,19 +181,19 @@ def timed_forwards(model, x: torch.Tensor, context, device: str, repeats: int, w
     with torch.inference_mode():
         for i in range(warmups + repeats):
             if cuda:
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(device)
             start = time.perf_counter()
             with context:
                 out = model(x)
             if cuda:
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(device)
             if i >= warmups:
                 times.append(time.perf_counter() - start)
         finite = bool(torch.isfinite(out).all())
     del out
     result = {"latency_s": statistics.median(times), "latency_min_s": min(times), "finite": finite}
-    result["peak_allocated_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
-    result["peak_reserved_bytes"] = torch.cuda.max_memory_reserved() if cuda else None
+    result["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device) if cuda else None
+    result["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device) if cuda else None
     return result
 
 
@@ -413,6 +413,7 @@ def machine(device: str) -> dict:
             cudnn=torch.backends.cudnn.version(),
             driver=nvidia_driver(),
             tf32={"cudnn_conv": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
         )
     return info
 
