@@ -34,9 +34,8 @@ spent; one unit of work (at most one checkpoint build) can run past it.
 On an offline GPU host that has torch, torchvision, numpy, pillow, einops and
 safetensors but not spandrel (this workplace's ``device`` tool: its machine
 gets the repository and the paths named in ``carry``, not ../shared), carry
-the wheels and the photos in one git-ignored folder. In the repository root::
+the wheels and the photos in .gpu_check/ (git-ignored). In the repository root::
 
-    echo /.gpu_check/ >> "$(git rev-parse --git-path info/exclude)"
     python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
         -d .gpu_check/wheels spandrel==0.4.2 spandrel-extra-arches==0.2.0
     mkdir -p .gpu_check/photos && cp ../shared/fixtures/* .gpu_check/photos/
