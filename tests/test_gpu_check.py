@@ -1,0 +1,58 @@
+"""benchmarks/gpu_check.py runs end to end on a CPU (--quick), so the prepared GPU run cannot rot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from tests.calibrated import FIXTURES
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_quick_run_on_a_cpu_writes_a_complete_report(tmp_path, monkeypatch):
+    from benchmarks import gpu_check
+
+    monkeypatch.delenv("OUT", raising=False)
+    gpu_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    table = (tmp_path / "gpu_check.md").read_text()
+    with_original = gpu_check.original_available() is None
+
+    assert report["errors"] == [] and report["skipped"] == []
+    assert set(report["phase_seconds"]) == {"latency", "throughput", "numerics"}
+    assert {"device", "torch", "cpu"} <= set(report["machine"]) and report["machine"]["device"] == "cpu"
+    has_photos = any(p.suffix.lower() in (".png", ".jpg", ".jpeg") for p in FIXTURES.glob("*"))
+    assert report["inputs"]["source"] == ("photos" if has_photos else "generated scenes (tests.calibrated.calibration_images)")
+
+    latency = {(r["impl"], r["precision"]): r for r in report["latency"]}
+    expected = {("ours", "fp32"), ("ours", "fp16"), ("ours", "bf16"), ("original", "fp32"), ("original", "fp16")}
+    assert set(latency) == expected
+    for key, row in latency.items():
+        if key[0] == "original" and not with_original:
+            assert "spandrel" in row["error"]
+            continue
+        assert row["size"] == 64 and row["finite"] is True, key
+        assert is_number(row["latency_s"]) and row["latency_s"] > 0, key
+        assert row["peak_allocated_bytes"] is None  # CUDA only
+    # Half weights really are held in half (norms and a few small tensors stay FP32).
+    assert latency["ours", "fp16"]["weight_bytes"] < 0.55 * latency["ours", "fp32"]["weight_bytes"]
+
+    throughput = {(r["precision"], r["batch"]): r for r in report["throughput"]}
+    assert set(throughput) == {("fp16", 2), ("fp32", 2)}
+    assert all(is_number(r["images_per_s"]) and r["images_per_s"] > 0 for r in throughput.values())
+
+    runs = {"ours fp16", "ours bf16"} | ({"original fp16 autocast", "original fp32"} if with_original else set())
+    numerics = {(r["checkpoint"], r["run"]): r for r in report["numerics"] if "error" not in r}
+    assert set(numerics) == {(checkpoint, run) for checkpoint in ("calibrated", "blocks") for run in runs}
+    for key, row in numerics.items():
+        assert row["variant"] == "tiny" and isinstance(row["finite"], bool), key
+        assert 0 <= row["nonfinite_fraction"] <= 1
+        if row["mean_abs_ab"] is not None:
+            assert is_number(row["max_abs_ab"]) and 0 <= row["mean_abs_ab"] <= row["max_abs_ab"], key
+            assert is_number(row["colorfulness_change"]), key
+
+    assert "## Latency and peak memory" in table and "## Throughput" in table and "## Half precision against fp32" in table
+    assert table.count("| tiny | blocks |") == len(runs)
