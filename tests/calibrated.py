@@ -312,7 +312,8 @@ def _calibrate_batchnorm(model: DDColor, x: Tensor) -> None:
         bn.reset_running_stats()
         bn.momentum = None
         bn.train()
-    model(_denormalize(model, x))
+    # Every BatchNorm is in the pixel decoder: the color decoder and head need not run.
+    _pixel_features(model, _denormalize(model, x))
     for bn in norms:
         bn.momentum = 0.1
         bn.eval()
@@ -326,12 +327,19 @@ def _calibrate_output(model: DDColor, images: Tensor) -> None:
     """
     last = model.decoder.color_decoder.color_embed.layers[-1]
     refine = model.refine_net[0][0]
-    ab = model(images)
+    # What model(images) computes; encoder and pixel decoder do not change here, so they run once.
+    scales = _pixel_features(model, images)
+    ab = model.head(model.decoder.color_decoder(scales), scales[2], images)
     scale = AB_STD / (ab - ab.mean(dim=(0, 2, 3), keepdim=True)).std().item()
     last.weight.mul_(scale)
     last.bias.mul_(scale)
-    ab = model(images)
+    ab = model.head(model.decoder.color_decoder(scales), scales[2], images)
     refine.bias.sub_(ab.mean(dim=(0, 2, 3)) - torch.tensor([4.0, 10.0], device=ab.device))
+
+
+def _pixel_features(model: DDColor, images: Tensor) -> list[Tensor]:
+    """The pixel decoder's scales for gray RGB ``images``, computed as ``model(images)`` does."""
+    return model.decoder.pixel_features(model.encoder((images - model.mean) / model.std))
 
 
 def _denormalize(model: DDColor, x: Tensor) -> Tensor:

@@ -13,8 +13,10 @@ FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 
 
 REPO = Path(__file__).resolve().parent.parent
-# What a calibrated checkpoint depends on: the generator and the architecture.
+# What a calibrated checkpoint depends on: the generator, the architecture and
+# the photos it is calibrated on (generated scenes where ../shared is absent).
 CHECKPOINT_SOURCES = ["tests/calibrated.py", "ddcolor/model.py", "ddcolor/decoder.py", "ddcolor/convnext.py", "ddcolor/layers.py", "ddcolor/color.py"]
+CHECKPOINT_SOURCES += [str(photo) for photo in sorted(FIXTURES.glob("*.*"))]
 
 
 def calibrated_checkpoint(variant: str, stress: str | None = None, device: str = "cpu") -> Path:
