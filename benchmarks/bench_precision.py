@@ -4,7 +4,7 @@ For each variant, on the calibrated checkpoint and every stress recipe of
 tests/calibrated.py, the fixture photos go through the network at ``--size``
 in fp32 (reference) and in each run of ``--runs``:
 
-* ``fp16``, ``bf16``: ours, exactly that precision (strict), through ``forward``
+* ``fp16``, ``mixed``, ``bf16``: ours, exactly that precision (strict), through ``forward``
   (so with the fp32 safety net; the table says when it fired);
 * ``original-fp16``, ``original-bf16``: the original architecture
   (spandrel-extra-arches' port) under autocast.
@@ -38,7 +38,7 @@ from tests.conftest import calibrated_checkpoint  # noqa: E402
 from tests.oracle import load_state, original_model  # noqa: E402
 from tests.test_precision import colorfulness_of, fixture_inputs  # noqa: E402
 
-RUNS = ("fp16", "bf16", "original-fp16", "original-bf16")
+RUNS = ("fp16", "mixed", "bf16", "original-fp16", "original-bf16")
 
 
 class FallbackWatch(logging.Handler):

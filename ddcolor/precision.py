@@ -2,13 +2,21 @@
 
 In fp16 / bf16 the weights of every conv and linear are held in half, so the
 model's weight memory halves. Tensors listed in a module's ``fp32_tensors``
-stay FP32 (normalization layers, ConvNeXt depthwise convs and layer scales),
-and those modules compute in FP32. ``fp32_modules(model)`` lists them.
+stay FP32 (normalization layers, the ConvNeXt residual stream's writers,
+depthwise convs and layer scales), and those modules compute in FP32.
+``fp32_modules(model)`` lists them.
+
+``mixed`` is what ``auto`` (and fp16) runs on a CPU with native bf16 units:
+bf16 only in the ConvNeXt MLPs of ``MIXED_BF16_STAGES``, FP32 everywhere else.
+Those MLPs are most of the forward's work, and in bf16 they keep the result
+within fp16's bounds of fp32, which bf16 everywhere does not
+(benchmarks/RESULTS.md, "Choosing auto on a CPU").
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Iterator
@@ -19,20 +27,38 @@ from torch import Tensor, nn
 log = logging.getLogger("ddcolor")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# What a user asks for (widget, --precision). ``mixed`` is also accepted: it is
+# what ``auto`` resolves to on CPUs with native bf16, and loaders pass it on.
 PRECISIONS = ("fp16", "fp32", "bf16", "auto")
+RESOLVED = ("fp16", "fp32", "bf16", "mixed")
+DESCRIPTIONS = {
+    "fp16": "fp16",
+    "fp32": "fp32",
+    "bf16": "bf16",
+    "mixed": "mixed (bf16 in the MLPs of the encoder's last two stages, fp32 elsewhere)",
+}
+# ConvNeXt stages (0-based) whose MLP weights ``mixed`` holds in bf16: 83% of
+# DDColor-L's MLP work (30 of 36 blocks), 67% of DDColor-T's. All four stages
+# in bf16 miss fp16's bounds on DDColor-T (max 4.0 ab at 512); these two keep
+# mean 0.21-0.24 / max 1.65-2.16 (benchmarks/RESULTS.md).
+MIXED_BF16_STAGES = (2, 3)
+_MIXED_BF16_MODULES = re.compile(rf"encoder\.arch\.stages\.[{''.join(map(str, MIXED_BF16_STAGES))}]\.\d+\.pwconv[12]")
+# When a precision is slow or unsupported on a device, what runs instead: the
+# first of these that is fast there. fp16 is never replaced by bf16, which
+# misses fp16's accuracy bounds; mixed meets them.
+SUBSTITUTES = {"fp16": ("mixed", "fp32"), "bf16": ("fp16", "fp32"), "mixed": ("fp16", "fp32"), "fp32": ("fp32",)}
 
 
 def resolve_precision(precision: str, device: torch.device | str, *, strict: bool = False) -> str:
     """Map a requested precision to the one that will run on ``device``.
 
-    ``auto`` picks fp16 on CUDA (bf16 where fp16 is unsupported); on a CPU,
-    bf16 where the CPU has AMX bf16 units (measured 1.9x faster than fp32 for
-    DDColor-L at 512, benchmarks/RESULTS.md), else fp32. A half precision that
-    would be slow or unsupported on ``device`` runs the closest fast one
-    instead (the other half precision, else fp32) and logs one line;
-    ``strict=True`` runs exactly what was asked, however slow.
+    ``auto`` picks fp16 on CUDA and MPS; on a CPU, ``mixed`` where the CPU has
+    native bf16 units (AMX or AVX-512 bf16), else fp32. A precision that would
+    be slow or unsupported on ``device`` runs the closest fast one instead
+    (``SUBSTITUTES``) and logs one line; ``strict=True`` runs exactly what was
+    asked, however slow.
     """
-    if precision not in PRECISIONS:
+    if precision not in PRECISIONS + ("mixed",):
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     device = torch.device(device)
     fast = fast_precisions(device.type)
@@ -40,9 +66,10 @@ def resolve_precision(precision: str, device: torch.device | str, *, strict: boo
         return fast[0]
     if strict or precision in fast:
         return precision
-    other_half = {"fp16": "bf16", "bf16": "fp16"}[precision]
-    chosen = other_half if other_half in fast else "fp32"
-    log.warning("ddcolor: %s is slow or unsupported on %s; running %s instead", precision, device.type, chosen)
+    chosen = next(p for p in SUBSTITUTES[precision] if p in fast or p == "fp32")
+    log.warning(
+        "ddcolor: %s is slow or unsupported on %s; running %s instead", precision, device.type, DESCRIPTIONS[chosen]
+    )
     return chosen
 
 
@@ -53,13 +80,21 @@ def fast_precisions(device_type: str) -> tuple[str, ...]:
     if device_type == "mps":
         return ("fp16", "fp32")
     if device_type == "cpu":
-        return {"amx": ("bf16", "fp32"), "avx512": ("fp32", "bf16")}.get(cpu_bf16_units(), ("fp32",))
+        # Without native bf16 units, bf16 and fp16 are emulated: about 8x
+        # slower than fp32 (AVX2 EPYC, benchmarks/RESULTS.md).
+        return ("mixed", "bf16", "fp32") if cpu_bf16_units() else ("fp32",)
     return ("fp32",)
 
 
 @lru_cache(maxsize=1)
 def cpu_bf16_units() -> str | None:
     """Which native bf16 instructions the CPU has for oneDNN: "amx", "avx512" or None."""
+    try:  # PyTorch's own CPU probe, on every OS
+        if torch.cpu._is_amx_tile_supported():
+            return "amx"
+        return "avx512" if torch.cpu._is_avx512_bf16_supported() else None
+    except AttributeError:
+        pass
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -70,14 +105,22 @@ def cpu_bf16_units() -> str | None:
     return "avx512" if " avx512_bf16" in flags else None
 
 
+def weight_dtype(precision: str, module_name: str) -> torch.dtype:
+    """The dtype ``precision`` holds a module's (unpinned) weights in."""
+    if precision == "mixed":
+        return torch.bfloat16 if _MIXED_BF16_MODULES.fullmatch(module_name) else torch.float32
+    return DTYPES[precision]
+
+
 def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     """Hold ``model``'s weights in ``precision``, keeping pinned tensors FP32. In place.
 
     Before the first conversion to half, modules that have ``balance_for_half``
     rewrite themselves exactly (in FP32) so their half tensors stay in range.
     """
-    dtype = DTYPES[precision]
-    if dtype != torch.float32 and not getattr(model, "balanced_for_half", False):
+    if precision not in RESOLVED:
+        raise ValueError(f"precision must be one of {', '.join(RESOLVED)}; got {precision!r}")
+    if precision != "fp32" and not getattr(model, "balanced_for_half", False):
         for module in model.modules():
             if hasattr(module, "balance_for_half"):
                 module.balance_for_half()
@@ -90,6 +133,7 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
             for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
             if tensor is not None and tensor.is_floating_point()
         }
+        dtype = weight_dtype(precision, module_name)
         converted = {name: t.to(torch.float32 if name in pinned else dtype) for name, t in tensors.items()}
         # A module computes in one dtype: if half cannot hold one of its
         # tensors (weight or bias), all of them stay FP32.

@@ -59,6 +59,23 @@ def test_auto_and_explicit_precisions_on_a_cpu(monkeypatch, caplog):
     assert not caplog.records
 
 
+@pytest.mark.parametrize("units", ["amx", "avx512"])
+def test_cpus_with_native_bf16_run_mixed_for_auto_and_fp16(monkeypatch, caplog, units):
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: units)
+    assert resolve_precision("auto", "cpu") == "mixed"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("mixed", "cpu") == "mixed"
+    with caplog.at_level(logging.WARNING, logger="ddcolor"):
+        # Never bf16 for fp16: bf16 misses fp16's accuracy bounds, mixed meets them.
+        assert resolve_precision("fp16", "cpu") == "mixed"
+    assert caplog.records[0].message == (
+        "ddcolor: fp16 is slow or unsupported on cpu; running mixed "
+        "(bf16 in the MLPs of the encoder's last two stages, fp32 elsewhere) instead"
+    )
+    assert resolve_precision("fp16", "cpu", strict=True) == "fp16"
+
+
 def test_precisions_on_cuda_devices(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert resolve_precision("auto", "cuda") == "fp16"
@@ -79,6 +96,20 @@ def test_unknown_precision_names_the_choices():
 
 def parameter_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def test_mixed_holds_only_the_last_two_stages_mlps_in_bf16(tiny_checkpoint):
+    model = apply_precision(model_from_state_dict(load_state(tiny_checkpoint)), "mixed")
+    bf16 = {name for name, t in model.named_parameters() if t.dtype == torch.bfloat16}
+    expected = {
+        f"encoder.arch.stages.{stage}.{block}.{layer}.{kind}"
+        for stage in (2, 3)
+        for block in range(len(model.encoder.arch.stages[stage]))
+        for layer in ("pwconv1", "pwconv2")
+        for kind in ("weight", "bias")
+    }
+    assert bf16 == expected
+    assert model.decoder.compute_dtype == torch.float32
 
 
 @pytest.mark.parametrize("name", ["fp16", "bf16"])
@@ -244,6 +275,15 @@ def test_blocks_recipe_overflows_fp16_in_fp32(fixture_photos):
 def test_fp16_meets_its_bounds_on_every_stress_recipe(variant, recipe, fixture_photos):
     report = half_precision_report(variant, recipe, "fp16", fixture_photos)
     assert report["finite"] and report["kept_in_fp32"] == [], report
+    assert report["mean"] < FP16_MEAN and report["max"] < FP16_MAX_ERROR, report
+    assert abs(report["colorfulness"]) < COLORFULNESS, report
+
+
+@pytest.mark.parametrize("variant", ["tiny", "large"])
+def test_mixed_meets_fp16_bounds(variant, fixture_photos):
+    """What auto runs on CPUs with native bf16 must be as faithful as fp16."""
+    report = half_precision_report(variant, None, "mixed", fixture_photos)
+    assert report["finite"], report
     assert report["mean"] < FP16_MEAN and report["max"] < FP16_MAX_ERROR, report
     assert abs(report["colorfulness"]) < COLORFULNESS, report
 
