@@ -33,6 +33,7 @@ the frames before it, which is what lets a clip be processed in pieces.
 from __future__ import annotations
 
 import functools
+import numbers
 
 import numpy as np
 import torch
@@ -50,8 +51,8 @@ MAX_CARRY = 0.9
 # beyond twice the tolerance, linear in between (no hard seams).
 # Forward-backward consistency: how far a pixel lands from where it started
 # after following the backward flow and then the forward flow, in pixels of
-# the working resolution: this much plus a share of the motion's length
-# (Sundaram et al., ECCV 2010, use the same form).
+# the flow's resolution (FLOW_SIZE): this much plus a share of the motion's
+# length (the form of Sundaram et al., ECCV 2010).
 FB_TOLERANCE_PX = 0.5
 FB_TOLERANCE_RELATIVE = 0.05
 # Lightness agreement: |L - warped previous L| after exposure matching, in L
@@ -59,8 +60,8 @@ FB_TOLERANCE_RELATIVE = 0.05
 # grain alone does not fail the check.
 LIGHTNESS_TOLERANCE = 4.0
 LIGHTNESS_BLUR_SIGMA = 1.0
-# Pixels this close (working-resolution pixels) to an untrusted one are not
-# trusted either.
+# Pixels this close to an untrusted one (pixels of the flow's resolution)
+# are not trusted either: flow is smooth across object edges.
 TRUST_MARGIN_PX = 2
 # The chroma-keeping blend gains a mix's chroma by at most this much.
 MAX_CHROMA_GAIN = 2.0
@@ -109,7 +110,7 @@ class TemporalState:
 
 def check_strength(temporal: float) -> float:
     """``temporal`` as a float in [0, 1], or an error that says what to pass."""
-    if isinstance(temporal, bool) or not isinstance(temporal, (int, float)) or not 0 <= temporal <= 1:
+    if isinstance(temporal, bool) or not isinstance(temporal, numbers.Real) or not 0 <= temporal <= 1:
         raise ValueError(
             f"temporal must be a number from 0 (off) to 1 (strongest); got {temporal!r}. "
             f"{RECOMMENDED_STRENGTH} is recommended for video"
@@ -244,8 +245,8 @@ def _track_at_flow_size(flow, previous_l: np.ndarray, current_l: np.ndarray) -> 
     trust = fb_trust * lightness_trust * inside
     if np.count_nonzero(trust >= 0.5) < CUT_MIN_TRACKED_SHARE * trust.size:
         return None
-    # Distrust the rim of every untrusted region too: flow is smooth across
-    # object edges, so the pixels next to an occlusion are wrong but may pass.
+    # The rim of every untrusted region: next to an occlusion the flow is
+    # wrong but may pass both checks.
     return cv2.erode(trust, _disk(TRUST_MARGIN_PX)), backward
 
 
