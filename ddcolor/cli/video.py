@@ -142,7 +142,7 @@ def split_sequences(patterns: list[str], *, recursive: bool) -> tuple[list[tuple
 class ClipInfo:
     width: int  # as displayed (after any rotation flag)
     height: int
-    frames: int | None  # from the container's index; None when it has none
+    frames: int | None  # expected, for progress: the index's count, else duration x rate; None if unknown
     rate: Fraction  # nominal frame rate (timing comes from each frame's timestamp)
     time_base: Fraction  # unit of the timestamps ``frames()`` yields
     audio: tuple[str, ...] = ()  # codec of each audio track
@@ -158,10 +158,16 @@ class Frame:
 
 
 class VideoReader:
-    """A video file's frames in display order and orientation, decoded one at a time."""
+    """A video file's frames in display order and orientation, decoded one at a time.
+
+    A frame FFmpeg cannot decode, or a file that ends well before the length
+    its header gives, raises VideoError. A frame the decoder repaired
+    (concealed damage, as every player shows it) is kept and listed in ``notes``.
+    """
 
     def __init__(self, path: Path):
         self.path = path
+        self.notes: list[str] = []
         self._container = None
 
     def __enter__(self) -> "VideoReader":
@@ -175,15 +181,24 @@ class VideoReader:
             container.close()
             raise VideoError("has no video track")
         stream = self._stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame-parallel decoding: the decoder keeps up with a GPU
-        # Shift every track by the file's start time (MPEG-TS starts near 1.4 s) as FFmpeg does.
-        start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
-        self._start = int(round(Fraction(start) / stream.time_base))
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate or DEFAULT_SEQUENCE_FPS
-        width, height = stream.codec_context.width, stream.codec_context.height
+        # Decoding keeps FFmpeg's default slice threads: frame threads can swallow a damaged frame's error.
+        tb = Fraction(stream.time_base)
+        # Every track starts where the file starts (MPEG-TS files start near 1.4 s), as FFmpeg does.
+        start = Fraction(container.start_time or 0, 1_000_000)
+        self._start = int(round(start / tb))
+        rate = Fraction(stream.average_rate or stream.guessed_rate or stream.base_rate or DEFAULT_SEQUENCE_FPS)
+        # Where the video track says it ends, to tell a truncated file (MKV keeps it in a tag).
+        if stream.duration:
+            self._end = (stream.start_time or 0) * tb + stream.duration * tb - start
+        else:
+            self._end = _parse_clock(stream.metadata.get("DURATION") or stream.metadata.get("duration"))
+        self._tolerance = max(3 / rate, Fraction(1, 4))
+        # An MP4 index counts frames an edit list may hide: good for progress, not for a check.
+        length = self._end or (Fraction(container.duration, 1_000_000) if container.duration else None)
+        expected = stream.frames or (int(round(length * rate)) if length else None)
         self.info = ClipInfo(
-            width=width, height=height, frames=stream.frames or None, rate=Fraction(rate),
-            time_base=Fraction(stream.time_base), audio=tuple(_codec_name(s) for s in container.streams.audio),
+            width=stream.codec_context.width, height=stream.codec_context.height, frames=expected, rate=rate,
+            time_base=tb, audio=tuple(_codec_name(s) for s in container.streams.audio),
         )
         return self
 
@@ -196,35 +211,38 @@ class VideoReader:
         av = import_av()
         tb = self.info.time_base
         nominal = max(1, int(round(1 / (self.info.rate * tb))))
-        last = None
-        count = 0
+        last, end, count, repaired = None, 0, 0, []
         decoded = self._container.decode(self._stream)
         while True:
-            where = f"frame {count + 1} ({_clock((last or 0) * tb)})"
             try:
                 frame = next(decoded)
             except StopIteration:
                 break
             except av.error.FFmpegError as e:
-                raise VideoError(f"cannot decode {where}: {_ffmpeg_reason(e)}") from None
+                raise VideoError(f"cannot decode frame {count + 1} (after {_clock(end * tb)}): {_ffmpeg_reason(e)}") from None
             count += 1
-            if frame.is_corrupt:
-                raise VideoError(f"frame {count} ({_clock(frame.time or 0)}) is corrupt")
-            pts = frame.pts if frame.pts is not None else (last + nominal if last is not None else self._start)
-            pts -= self._start
-            if last is not None and pts <= last:  # broken or missing timestamps: keep the order, one tick apart
+            pts = frame.pts - self._start if frame.pts is not None else (last + nominal if last is not None else 0)
+            if last is not None and pts <= last:  # broken timestamps: keep the order, one tick apart
                 pts = last + 1
-            last = pts
+            duration = getattr(frame, "duration", 0) or 0
+            last, end = pts, pts + (duration or nominal)
+            label = f"frame {count} ({_clock(pts * tb)})"
+            if frame.is_corrupt:
+                repaired.append(label)
             pixels = frame.to_ndarray(format="rgb24")
             rotation = getattr(frame, "rotation", 0) or 0
             if rotation % 90 == 0 and rotation % 360:  # the display matrix turns the picture counter-clockwise
                 pixels = np.ascontiguousarray(np.rot90(pixels, k=rotation // 90))
-            if count == 1 and pixels.shape[:2] != (self.info.height, self.info.width):
+            if count == 1 and rotation:
                 self.info = replace(self.info, width=pixels.shape[1], height=pixels.shape[0], rotation=rotation)
-            yield Frame(pixels, pts, getattr(frame, "duration", 0) or 0, f"frame {count} ({_clock(pts * tb)})")
-        expected = self.info.frames
-        if expected and count < expected:
-            raise VideoError(f"ends after frame {count} of {expected} (the file is truncated or corrupt)")
+            yield Frame(pixels, pts, duration, label)
+        if self._end is not None and end * tb < self._end - self._tolerance:
+            raise VideoError(
+                f"ends after frame {count}, at {_clock(end * tb)} of {_clock(self._end)} (the file is truncated or damaged)"
+            )
+        if repaired:
+            more = f" and {len(repaired) - 3} more" if len(repaired) > 3 else ""
+            self.notes.append(f"damaged in the source and repaired by the decoder as players show them: {', '.join(repaired[:3])}{more}")
 
 
 class SequenceReader:
@@ -234,6 +252,7 @@ class SequenceReader:
         self.folder = folder
         self.files = frame_files(folder)
         self.rate = rate
+        self.notes: list[str] = []
 
     def __enter__(self) -> "SequenceReader":
         first = self._read(self.files[0])
@@ -476,7 +495,7 @@ def colorize_clip(model, job: Job, *, size: int, options: ClipOptions, stop, sum
         return Outcome(job, FAILED, f"cannot write {job.target}: {e.strerror or e}; nothing written", time.perf_counter() - began)
     seconds = time.perf_counter() - began
     stabilized = f"stabilized at {options.temporal:g}" if options.temporal > 0 else "not stabilized"
-    notes = [f"{done} frames, {done / seconds:.1f} frames/s, {stabilized}", *writer.notes]
+    notes = [f"{done} frames, {done / seconds:.1f} frames/s, {stabilized}", *writer.notes, *reader.notes]
     if info.rotation:
         notes.append(f"turned upright as its rotation flag ({info.rotation} degrees) asks")
     if not job.source.is_dir() and not info.audio:
@@ -567,6 +586,15 @@ def _clock(seconds, *, fraction: bool = True) -> str:
     minutes, secs = divmod(seconds, 60)
     hours, minutes = divmod(int(minutes), 60)
     return f"{hours}:{minutes:02d}:{secs:05.2f}" if fraction else f"{hours}:{minutes:02d}:{int(secs):02d}"
+
+
+def _parse_clock(text: str | None) -> Fraction | None:
+    """``01:02:03.5`` (Matroska's DURATION tag) in seconds, or None."""
+    match = re.fullmatch(r"(\d+):(\d{2}):(\d{2}(?:\.\d+)?)", (text or "").strip())
+    if match is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    return Fraction(int(hours) * 3600 + int(minutes) * 60) + Fraction(seconds)
 
 
 def _ffmpeg_reason(error: Exception) -> str:
