@@ -109,7 +109,8 @@ def plan_jobs(
     planned = []
     for source, relative_dir in inputs:
         folder = source.parent if output_dir is None else output_dir / relative_dir
-        planned.append(Job(source, folder / f"{source.stem}{suffix}{extension}"))
+        name = source.name if source.is_dir() else source.stem  # a folder of frames (--sequence) keeps any dots
+        planned.append(Job(source, folder / f"{name}{suffix}{extension}"))
     outputs_of_others = {
         job.target.resolve() for job in planned if job.target.resolve() != job.source.resolve()
     }

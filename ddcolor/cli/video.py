@@ -122,6 +122,8 @@ def split_sequences(patterns: list[str], *, recursive: bool) -> tuple[list[tuple
         if not folder.is_dir():
             rest.append(pattern)
             continue
+        if folder.name in ("", ".."):  # "." or "..": name the clip after the real folder
+            folder = folder.resolve()
         folders = [folder]
         if recursive:
             folders += sorted(
@@ -146,6 +148,7 @@ class ClipInfo:
     rate: Fraction  # nominal frame rate (timing comes from each frame's timestamp)
     time_base: Fraction  # unit of the timestamps ``frames()`` yields
     audio: tuple[str, ...] = ()  # codec of each audio track
+    left_out: tuple[str, ...] = ()  # kinds of the other tracks (subtitle, data, a second video), not written
     rotation: int = 0  # degrees counter-clockwise applied to the decoded pixels
 
 
@@ -199,6 +202,7 @@ class VideoReader:
         self.info = ClipInfo(
             width=stream.codec_context.width, height=stream.codec_context.height, frames=expected, rate=rate,
             time_base=tb, audio=tuple(_codec_name(s) for s in container.streams.audio),
+            left_out=tuple(s.type for s in container.streams if s.type != "audio" and s is not stream),
         )
         return self
 
@@ -500,6 +504,9 @@ def colorize_clip(model, job: Job, *, size: int, options: ClipOptions, stop, sum
         notes.append(f"turned upright as its rotation flag ({info.rotation} degrees) asks")
     if not job.source.is_dir() and not info.audio:
         notes.append("the source has no audio")
+    if info.left_out:
+        kinds = sorted(set(info.left_out))
+        notes.append(f"not kept: {', '.join(f'{info.left_out.count(k)} {k} track(s)' for k in kinds)} (only the first video track and the audio are written)")
     return Outcome(job, DONE, "; ".join(notes), seconds)
 
 
