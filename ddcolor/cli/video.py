@@ -1,9 +1,10 @@
 """Video for the command line: film and video files in, H.264 MP4 out, streamed with PyAV.
 
 ``colorize_clip`` runs one clip (a video file, or a folder of frames with
-``--sequence``): frames are decoded one at a time, colorized a few at a time
-with one ``ddcolor.TemporalState`` for the whole clip, and encoded as they
-come, so memory stays flat however long the clip is. The output is written
+``--sequence``): frames are decoded one at a time, colorized one at a time on
+a CPU or a few at a time on a GPU with one ``ddcolor.TemporalState`` for the
+whole clip, and encoded as they come, so memory stays flat however long the
+clip is. The output is written
 under a hidden temporary name and renamed when complete: Ctrl-C, a corrupt
 frame or a full disk leave no partial file.
 
@@ -51,8 +52,9 @@ INSTALL_HINT = (
 # (PCM from DV and AVI captures, Vorbis, MP2, WMA, ...) is re-encoded to AAC.
 MP4_AUDIO_COPY = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "flac", "opus"})
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
-# Decoded frames held at once: in the float chunk, and again in its colorized
-# copy. 128 MiB of input is 16 frames of 720p, 5 of 1080p, 1 of 4K.
+# Frames per model call on a GPU, which batches them: as many as 128 MiB of
+# float input holds (16 of 720p, 5 of 1080p, 1 of 4K), held again in the
+# colorized copy. A CPU gains nothing from batching and takes one at a time.
 CHUNK_BYTES = 128 << 20
 MAX_CHUNK_FRAMES = 16
 # BT.709 in AVCOL_* numbering (matrix, primaries and transfer share the value 1); limited ("tv") range.
@@ -475,7 +477,7 @@ def colorize_clip(model, job: Job, *, size: int, options: ClipOptions, stop, sum
             audio_from = None if job.source.is_dir() else job.source
             try:
                 with atomic_path(job.target) as temp, VideoWriter(temp, info, crf=options.crf, audio_from=audio_from) as writer:
-                    chunk_size = chunk_frames(first.pixels)
+                    chunk_size = chunk_frames(model, first.pixels)
                     pending = [first]
                     for frame in frames:
                         pending.append(frame)
@@ -539,8 +541,10 @@ def _colorize_chunk(model, frames: list[Frame], writer: VideoWriter, size: int, 
     return done + len(frames)
 
 
-def chunk_frames(first: np.ndarray) -> int:
-    """Frames colorized per call: as many as CHUNK_BYTES of float input holds, 1 to MAX_CHUNK_FRAMES."""
+def chunk_frames(model, first: np.ndarray) -> int:
+    """Frames colorized per call: 1 off CUDA; on CUDA as many as CHUNK_BYTES of float input holds, up to MAX_CHUNK_FRAMES."""
+    if next(model.parameters()).device.type != "cuda":
+        return 1
     height, width = first.shape[:2]
     return max(1, min(MAX_CHUNK_FRAMES, CHUNK_BYTES // (height * width * 3 * 4)))
 
