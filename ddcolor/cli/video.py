@@ -21,7 +21,8 @@ it, and its wheels carry FFmpeg (with x264), so nothing else is needed.
 
 from __future__ import annotations
 
-import os
+import itertools
+import math
 import re
 import sys
 import time
@@ -187,11 +188,11 @@ class VideoReader:
             raise VideoError("has no video track")
         stream = self._stream = container.streams.video[0]
         # Decoding keeps FFmpeg's default slice threads: frame threads can swallow a damaged frame's error.
-        tb = Fraction(stream.time_base)
+        tb = self._source_tb = Fraction(stream.time_base)
         # Every track starts where the file starts (MPEG-TS files start near 1.4 s), as FFmpeg does.
         start = Fraction(container.start_time or 0, 1_000_000)
         self._start = int(round(start / tb))
-        rate = Fraction(stream.average_rate or stream.guessed_rate or stream.base_rate or DEFAULT_SEQUENCE_FPS)
+        rate = Fraction(stream.guessed_rate or stream.average_rate or stream.base_rate or DEFAULT_SEQUENCE_FPS)
         # Where the video track says it ends, to tell a truncated file (MKV keeps it in a tag).
         if stream.duration:
             self._end = (stream.start_time or 0) * tb + stream.duration * tb - start
@@ -203,7 +204,7 @@ class VideoReader:
         expected = stream.frames or (int(round(length * rate)) if length else None)
         self.info = ClipInfo(
             width=stream.codec_context.width, height=stream.codec_context.height, frames=expected, rate=rate,
-            time_base=tb, audio=tuple(_codec_name(s) for s in container.streams.audio),
+            time_base=_common_unit(tb, 1 / rate), audio=tuple(_codec_name(s) for s in container.streams.audio),
             left_out=tuple(s.type for s in container.streams if s.type != "audio" and s is not stream),
         )
         return self
@@ -215,9 +216,19 @@ class VideoReader:
 
     def frames(self) -> Iterator[Frame]:
         av = import_av()
-        tb = self.info.time_base
-        nominal = max(1, int(round(1 / (self.info.rate * tb))))
+        tb, rate = self.info.time_base, self.info.rate
+        nominal = max(1, int(round(1 / (rate * tb))))
         last, end, count, repaired = None, 0, 0, []
+
+        anchor = None  # the first frame's time: the frame rate's grid starts there
+        slack = min(self._source_tb, 1 / (8 * rate))
+
+        def snap(seconds: Fraction) -> Fraction:
+            """A time the source could only round (MKV counts milliseconds) exactly on the
+            frame rate's grid, so that 24 fps stays 24 rather than 24.015."""
+            grid = Fraction(round(seconds * rate)) / rate
+            return grid if abs(seconds - grid) <= slack else seconds
+
         decoded = self._container.decode(self._stream)
         while True:
             try:
@@ -227,10 +238,15 @@ class VideoReader:
             except av.error.FFmpegError as e:
                 raise VideoError(f"cannot decode frame {count + 1} (after {_clock(end * tb)}): {_ffmpeg_reason(e)}") from None
             count += 1
-            pts = frame.pts - self._start if frame.pts is not None else (last + nominal if last is not None else 0)
+            if frame.pts is not None:
+                seconds = (frame.pts - self._start) * self._source_tb
+                anchor = seconds if anchor is None else anchor
+                pts = round((anchor + snap(seconds - anchor)) / tb)
+            else:
+                pts = last + nominal if last is not None else 0
             if last is not None and pts <= last:  # broken timestamps: keep the order, one tick apart
                 pts = last + 1
-            duration = getattr(frame, "duration", 0) or 0
+            duration = round(snap((getattr(frame, "duration", 0) or 0) * self._source_tb) / tb)
             last, end = pts, pts + (duration or nominal)
             label = f"frame {count} ({_clock(pts * tb)})"
             if frame.is_corrupt:
@@ -478,8 +494,8 @@ def colorize_clip(model, job: Job, *, size: int, options: ClipOptions, stop, sum
             try:
                 with atomic_path(job.target) as temp, VideoWriter(temp, info, crf=options.crf, audio_from=audio_from) as writer:
                     chunk_size = chunk_frames(model, first.pixels)
-                    pending = [first]
-                    for frame in frames:
+                    pending = []
+                    for frame in itertools.chain([first], frames):
                         pending.append(frame)
                         if len(pending) == chunk_size:
                             done = _colorize_chunk(model, pending, writer, size, engine, stop, summary, progress, done)
@@ -597,6 +613,12 @@ def _clock(seconds, *, fraction: bool = True) -> str:
     minutes, secs = divmod(seconds, 60)
     hours, minutes = divmod(int(minutes), 60)
     return f"{hours}:{minutes:02d}:{secs:05.2f}" if fraction else f"{hours}:{minutes:02d}:{int(secs):02d}"
+
+
+def _common_unit(a: Fraction, b: Fraction) -> Fraction:
+    """The largest time unit both ``a`` and ``b`` are whole multiples of (``a`` when that is too fine for MP4)."""
+    unit = Fraction(math.gcd(a.numerator * b.denominator, b.numerator * a.denominator), a.denominator * b.denominator)
+    return unit if unit.denominator < 2**31 else a
 
 
 def _parse_clock(text: str | None) -> Fraction | None:
