@@ -326,8 +326,16 @@ class VideoWriter:
 
     def __enter__(self) -> "VideoWriter":
         av = import_av()
+        self._output = av.open(str(self.path), "w", format="mp4", options={"movflags": "+faststart"})
+        try:
+            self._add_streams(self._output)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _add_streams(self, output) -> None:
         info = self.info
-        self._output = output = av.open(str(self.path), "w", format="mp4", options={"movflags": "+faststart"})
         # 4:2:0 needs even sizes; odd ones keep every pixel in 4:4:4 (which browsers and QuickTime do not play).
         odd = info.width % 2 or info.height % 2
         pix_fmt = "yuv444p" if odd else "yuv420p"
@@ -344,7 +352,6 @@ class VideoWriter:
         if self.audio_from is not None and info.audio:
             self._audio = AudioTracks(self.audio_from, output)
             self.notes += self._audio.notes
-        return self
 
     def write(self, pixels: np.ndarray, pts: list[int], durations: list[int]) -> None:
         """Encode (N, H, W, 3) uint8 RGB frames with their timestamps and
