@@ -4,9 +4,8 @@
 ``--sequence``): frames are decoded one at a time, colorized one at a time on
 a CPU or a few at a time on a GPU with one ``ddcolor.TemporalState`` for the
 whole clip, and encoded as they come, so memory stays flat however long the
-clip is. The output is written
-under a hidden temporary name and renamed when complete: Ctrl-C, a corrupt
-frame or a full disk leave no partial file.
+clip is. The output is written under a hidden temporary name and renamed when
+complete: Ctrl-C, a corrupt frame or a full disk leave no partial file.
 
 What the output keeps from the source: the frame count, each frame's
 timestamp (so variable frame rate keeps its timing), the frame size as
@@ -54,7 +53,7 @@ INSTALL_HINT = (
 MP4_AUDIO_COPY = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "flac", "opus"})
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 # Frames per model call on a GPU, which batches them: as many as 128 MiB of
-# float input holds (16 of 720p, 5 of 1080p, 1 of 4K), held again in the
+# float input holds (11 of 720p, 5 of 1080p, 1 of 4K), held again in the
 # colorized copy. A CPU gains nothing from batching and takes one at a time.
 CHUNK_BYTES = 128 << 20
 MAX_CHUNK_FRAMES = 16
@@ -408,7 +407,7 @@ class AudioTracks:
                 out.layout = stream.codec_context.layout.name if stream.codec_context.layout.nb_channels <= 8 else "stereo"
                 out.bit_rate = 96_000 * min(out.layout.nb_channels, 2) + 64_000 * max(out.layout.nb_channels - 2, 0)
                 self._tracks[stream.index] = (out, True, offset)
-                self.notes.append(f"audio re-encoded from {name} to AAC (MP4 players do not play {name})")
+                self.notes.append(f"audio re-encoded from {name} to AAC (few MP4 players play {name})")
         self._packets = self._input.demux(*self._input.streams.audio)
         self._held = None  # a packet read past the time asked for
 
