@@ -4,6 +4,9 @@ Public interface::
 
     model = ddcolor.load_model("ddcolor_modelscope", device="cuda", precision="fp16")
     colored = ddcolor.colorize(model, images, size=512)   # (B, H, W, 3) in [0, 1]
+    state = ddcolor.TemporalState()                        # video: one per clip
+    for chunk in clip:                                     # consecutive frames
+        colored = ddcolor.colorize(model, chunk, temporal=ddcolor.temporal.RECOMMENDED_STRENGTH, state=state)
 """
 
 from .checkpoint import PUBLISHED, CheckpointError, DownloadError, download
@@ -11,6 +14,7 @@ from .loading import load_model
 from .model import SIZE_MULTIPLE, DDColor, DDColorConfig
 from .pipeline import activation_bytes, colorize, snap_size
 from .precision import PRECISIONS, fp32_modules
+from .temporal import TemporalState
 
 __all__ = [
     "activation_bytes",
@@ -26,4 +30,5 @@ __all__ = [
     "fp32_modules",
     "load_model",
     "snap_size",
+    "TemporalState",
 ]

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .color import gray_rgb_from_lightness, lab_to_rgb, rgb_to_lab
 from .model import SIZE_MULTIPLE, DDColor
+from .temporal import TemporalState, check_strength, stabilize, working_copy
 
 log = logging.getLogger("ddcolor")
 
@@ -49,6 +50,8 @@ def colorize(
     size: int = 512,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    temporal: float = 0.0,
+    state: TemporalState | None = None,
 ) -> Tensor:
     """Colorize ``images`` (B, H, W, C) float in [0, 1], C = 1, 3 or 4.
 
@@ -58,9 +61,20 @@ def colorize(
     ``batch_size`` (default: what fits the device); a chunk that runs out of
     memory is retried in halves. ``progress(done, total)`` is called after
     each chunk and may raise to stop the run.
+
+    ``temporal`` (0 to 1) stabilizes video: the images are consecutive frames
+    of one clip and their colors are made consistent over time
+    (``ddcolor.temporal``; ``ddcolor.temporal.RECOMMENDED_STRENGTH`` suits
+    most video). 0, the default, colorizes each image on its own and ignores
+    ``state``. To send a clip in pieces, make one ``TemporalState()`` per clip
+    and pass it to every call in order: the result is the same as one call
+    with the whole clip. It is updated when the call returns, never by a call
+    that fails.
     """
     _check_images(images)
+    strength = check_strength(temporal)
     size = snap_size(size)
+    working = working_copy(state, images.shape[1], images.shape[2], size) if strength else None
     device = next(model.parameters()).device
     total = images.shape[0]
     channels = 4 if images.shape[-1] == 4 else 3
@@ -71,7 +85,7 @@ def colorize(
         while done < total:
             n = min(chunk, total - done)
             try:
-                out[done : done + n] = _colorize_chunk(model, images[done : done + n], size, device)
+                out[done : done + n], advanced = _colorize_chunk(model, images[done : done + n], size, device, strength, working)
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
@@ -85,8 +99,11 @@ def colorize(
                 log.warning("ddcolor: out of memory with %d images at once; retrying %d at a time", n, chunk)
                 continue
             done += n
+            working = advanced
             if progress is not None:
                 progress(done, total)
+    if working is not None and state is not None:
+        state._assign(working)
     return out
 
 
@@ -103,20 +120,26 @@ def _check_images(images: Tensor) -> None:
         raise ValueError("images contain NaN or Inf values; check what produced them (a decoder or math node upstream)")
 
 
-def _colorize_chunk(model: DDColor, images: Tensor, size: int, device: torch.device) -> Tensor:
+def _colorize_chunk(
+    model: DDColor, images: Tensor, size: int, device: torch.device, strength: float, state: TemporalState | None
+) -> tuple[Tensor, TemporalState | None]:
+    """Colorized images, and the temporal state after them (None when not stabilizing)."""
     x = images.to(device, torch.float32).permute(0, 3, 1, 2).clamp(0, 1)
     height, width = x.shape[-2:]
     rgb = x[:, :3] if x.shape[1] >= 3 else x.expand(-1, 3, -1, -1)
     lightness = rgb_to_lab(rgb)[:, :1]
 
     small = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    ab = model(gray_rgb_from_lightness(rgb_to_lab(small)[:, :1])).float().clamp(AB_MIN, AB_MAX)
+    small_lightness = rgb_to_lab(small)[:, :1]
+    ab = model(gray_rgb_from_lightness(small_lightness)).float().clamp(AB_MIN, AB_MAX)
+    if state is not None:
+        ab, state = stabilize(small_lightness, ab, state, strength)
     ab = F.interpolate(ab, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
     result = lab_to_rgb(torch.cat((lightness, ab), dim=1))
     if x.shape[1] == 4:
         result = torch.cat((result, x[:, 3:]), dim=1)
-    return result.permute(0, 2, 3, 1).to(images.device)
+    return result.permute(0, 2, 3, 1).to(images.device), state
 
 
 def activation_bytes(model: DDColor, size: int) -> int:
