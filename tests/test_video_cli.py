@@ -131,6 +131,18 @@ def run(*args) -> int:
     return main([str(a) for a in args])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: at these tiny sizes a second one only waits at every barrier,
+    and on a shared 2-core machine that wait made each frame 40 times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- one mixed batch, checked from every side
 
 
@@ -381,7 +393,7 @@ def test_ctrl_c_stops_a_video_promptly_and_leaves_no_file(tmp_path, small_checkp
     process = subprocess.Popen(
         [sys.executable, "-m", "ddcolor", "colorize", str(clip), str(tmp_path / "next.mp4"), "-o", str(out),
          "--model", str(small_checkpoint), "--size", SIZE, "--temporal", "0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     try:
         deadline = time.monotonic() + 60
