@@ -45,16 +45,16 @@ class Outcome:
 # ----------------------------------------------------------------------------- inputs and outputs
 
 
-def find_inputs(patterns: list[str], *, recursive: bool = False) -> list[tuple[Path, Path]]:
+def find_inputs(patterns: list[str], *, recursive: bool = False, extensions: set[str] | None = None) -> list[tuple[Path, Path]]:
     """Expand files, folders and globs into (image path, folder relative to its input root).
 
-    Folders contribute the files whose extension Pillow can open (subfolders
-    too with ``recursive``, mirrored under the output folder); files named
+    Folders contribute the files whose extension Pillow can open, or is in
+    ``extensions`` when given (subfolders too with ``recursive``, mirrored under the output folder); files named
     explicitly are taken whatever their extension, so an unreadable one is
     reported rather than silently dropped. Order is stable: as given, folders
     and globs sorted. A path or glob that matches nothing is a UsageError.
     """
-    extensions = image_extensions()
+    extensions = extensions or image_extensions()
     found: dict[Path, tuple[Path, Path]] = {}
 
     def add(path: Path, relative_dir: Path = Path()) -> None:
@@ -109,7 +109,8 @@ def plan_jobs(
     planned = []
     for source, relative_dir in inputs:
         folder = source.parent if output_dir is None else output_dir / relative_dir
-        planned.append(Job(source, folder / f"{source.stem}{suffix}{extension}"))
+        name = source.name if source.is_dir() else source.stem  # a folder of frames (--sequence) keeps any dots
+        planned.append(Job(source, folder / f"{name}{suffix}{extension}"))
     outputs_of_others = {
         job.target.resolve() for job in planned if job.target.resolve() != job.source.resolve()
     }
@@ -150,9 +151,10 @@ class StopRequest:
     """While active, the first Ctrl-C (or SIGTERM) asks the batch to stop after the
     current image instead of killing it mid-write; a second Ctrl-C aborts at once."""
 
-    def __init__(self, say: Callable[[str], None] | None = None):
+    def __init__(self, say: Callable[[str], None] | None = None, notice: str | None = None):
         self._event = threading.Event()
         self._say = say or (lambda message: print(message, file=sys.stderr, flush=True))
+        self._notice = notice or "stopping after the current image"
         self._previous: dict[int, object] = {}
 
     @property
@@ -166,7 +168,7 @@ class StopRequest:
         if self._event.is_set():
             raise KeyboardInterrupt
         self._event.set()
-        self._say("stopping after the current image (press Ctrl-C again to abort now)")
+        self._say(f"{self._notice} (press Ctrl-C again to abort now)")
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():  # signals only reach the main thread

@@ -1,6 +1,7 @@
 """``python -m ddcolor``: colorize folders of photos, fetch models, drive a ComfyUI server.
 
     python -m ddcolor colorize photos/ -o colored/ --preset person
+    python -m ddcolor colorize home_movie.mp4 -o colored/      # writes colored/home_movie_color.mp4
     python -m ddcolor download ddcolor_paper_tiny
     python -m ddcolor info
     python -m ddcolor queue --workflow workflows/api/ddcolor_person.json photos/ -o colored/
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     published = ", ".join(PUBLISHED)
 
     def add_batch_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns ('scans/*.tif')")
+        p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders or glob patterns ('scans/*.tif')")
         p.add_argument("-o", "--output", type=Path, metavar="OUTDIR", help="output folder (default: beside each input)")
         p.add_argument("-r", "--recursive", action="store_true", help="also take images in subfolders of folder inputs")
         p.add_argument("--suffix", default="_color", help="added to each output's name (default: %(default)s)")
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strict-precision", action="store_true", help="run --precision even where it is slow (fp16 on a CPU)")
     c.add_argument("--format", default="png", choices=FORMATS, help="output format (default: %(default)s; images with alpha are always PNG)")
     c.add_argument("--quality", type=int, default=95, help="JPEG quality 1-95 (default: %(default)s)")
+    add_video_options(c)
 
     d = commands.add_parser("download", help="fetch published models ahead of time", description="Download published DDColor checkpoints into the models folder.")
     d.set_defaults(command=cmd_download)
@@ -125,19 +127,25 @@ def cmd_colorize(args: argparse.Namespace) -> int:
         raise UsageError(f"--quality {args.quality}: use 1 to 95 (Pillow's JPEG scale; above 95 only grows files)")
     if args.size is not None and args.size < 32:
         raise UsageError(f"--size {args.size}: use at least 32 (512 is the default; {', '.join(f'{v} for {k}' for k, v in PRESETS.items())})")
+    from . import video
+
     summary = Summary()
     size = args.size or PRESETS.get(args.preset, DEFAULT_SIZE)
-    inputs = find_inputs(args.inputs, recursive=args.recursive)
-    jobs, decided = plan_jobs(
-        inputs, output_dir=args.output, suffix=args.suffix, extension=FORMATS[args.format],
-        overwrite=args.overwrite, skip_existing=args.skip_existing,
-    )
+    clip_options = video_options(args)
+    jobs, decided = plan_colorize_jobs(args)
     device = resolve_device(args.device)
     for outcome in decided:
         summary.add(outcome)
     if not jobs:
         summary.report()
         return summary.exit_code()
+    clips = sum(video.is_clip(job) for job in jobs)
+    if clips:
+        try:
+            video.import_av()
+        except video.VideoError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_FAILED
 
     import ddcolor
 
@@ -152,7 +160,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
         except ddcolor.DownloadError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_FAILED
-    progress = Progress(len(jobs))
+    progress = Progress(len(jobs), unit="file" if clips else "img")
     with logging_through(progress.write):
         try:
             model = ddcolor.load_model(
@@ -164,17 +172,18 @@ def cmd_colorize(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_FAILED
         report_decided_failures(decided, progress)
-        progress.write(f"model {args.model} on {device} ({model.precision}), size {ddcolor.snap_size(size)}, {len(jobs)} image(s)")
+        progress.write(f"model {args.model} on {device} ({model.precision}), size {ddcolor.snap_size(size)}, {describe_jobs(len(jobs) - clips, clips, clip_options, args)}")
+        notice = "stopping after the current image; a video stops at its next frames and is not written" if clips else None
         try:
-            with StopRequest(progress.write) as stop:
-                colorize_jobs(model, jobs, size=size, quality=args.quality, stop=stop, summary=summary, progress=progress)
+            with StopRequest(progress.write, notice=notice) as stop:
+                colorize_jobs(model, jobs, size=size, quality=args.quality, stop=stop, summary=summary, progress=progress, clip_options=clip_options)
         finally:
             progress.close()
             summary.report()
     return summary.exit_code()
 
 
-def colorize_jobs(model, jobs: list[Job], *, size: int, quality: int, stop: StopRequest, summary: Summary, progress: Progress) -> None:
+def colorize_jobs(model, jobs: list[Job], *, size: int, quality: int, stop: StopRequest, summary: Summary, progress: Progress, clip_options=None) -> None:
     """Colorize ``jobs`` in order until done or asked to stop.
 
     Each output is encoded and written by a background thread while the model
@@ -182,8 +191,12 @@ def colorize_jobs(model, jobs: list[Job], *, size: int, quality: int, stop: Stop
     time as writing in line (17.0-17.8 s against 16.9-17.6 s for 20 photos at
     512, benchmarks/bench_cli.py), with the model busy 97% of it instead of
     89%; on a GPU it stops the GPU from waiting for PNG encoding.
+
+    Videos and frame folders (``clip_options`` given) are streamed by video.colorize_clip.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
+
+    from .video import colorize_clip, is_clip
 
     pending: Future | None = None  # the previous image's write
 
@@ -204,6 +217,10 @@ def colorize_jobs(model, jobs: list[Job], *, size: int, quality: int, stop: Stop
                     summary.not_started = len(jobs) - index
                     break
                 began = time.perf_counter()
+                if clip_options is not None and is_clip(job):
+                    settle()
+                    record(colorize_clip(model, job, size=size, options=clip_options, stop=stop, summary=summary, write=progress.write))
+                    continue
                 colored = colorize_image(model, job, size=size, summary=summary, began=began)
                 settle()
                 if isinstance(colored, Outcome):
@@ -215,6 +232,50 @@ def colorize_jobs(model, jobs: list[Job], *, size: int, quality: int, stop: Stop
             summary.aborted = True
     if pending is not None:  # finished when the writer shut down
         record(pending.result())
+
+
+def add_video_options(p: argparse.ArgumentParser) -> None:
+    from ..temporal import RECOMMENDED_STRENGTH
+    from .video import DEFAULT_CRF, DEFAULT_SEQUENCE_FPS
+
+    v = p.add_argument_group("video", "Video files (.mp4, .mov, .mkv, .avi, ...) become H.264 MP4 with their audio, frame rate and timing.")
+    v.add_argument("--temporal", type=float, metavar="S", help=f"stabilize colors over time, 0-1 (default: {RECOMMENDED_STRENGTH:g}, the recommended strength; 0: each frame on its own)")
+    v.add_argument("--sequence", action="store_true", help="each folder of images is the frames of one clip, in natural name order (frame_2 before frame_10); written as one video")
+    v.add_argument("--fps", default=str(DEFAULT_SEQUENCE_FPS), help="frame rate of --sequence clips: 24, 18, 25, 24000/1001, ... (default: %(default)s)")
+    v.add_argument("--crf", type=int, default=DEFAULT_CRF, help="H.264 quality: 0 lossless, 18 visually lossless, 23 smaller (default: %(default)s)")
+
+
+def video_options(args: argparse.Namespace):
+    from ..temporal import RECOMMENDED_STRENGTH
+    from .video import ClipOptions, parse_fps
+
+    temporal = RECOMMENDED_STRENGTH if args.temporal is None else args.temporal
+    if not 0.0 <= temporal <= 1.0:
+        raise UsageError(f"--temporal {args.temporal:g}: use 0 to 1 ({RECOMMENDED_STRENGTH:g} is recommended; 0 turns stabilization off)")
+    if not 0 <= args.crf <= 51:
+        raise UsageError(f"--crf {args.crf}: use 0 (lossless) to 51 (smallest); 18 is the default")
+    return ClipOptions(temporal=temporal, crf=args.crf, fps=parse_fps(args.fps))
+
+
+def plan_colorize_jobs(args: argparse.Namespace) -> tuple[list[Job], list[Outcome]]:
+    """Images become images (``--format``); videos, and frame folders with ``--sequence``, become MP4."""
+    from .imageio import image_extensions
+    from .video import OUTPUT_EXTENSION, VIDEO_EXTENSIONS, is_video, split_sequences
+
+    sequences, patterns = split_sequences(args.inputs, recursive=args.recursive) if args.sequence else ([], args.inputs)
+    files = find_inputs(patterns, recursive=args.recursive, extensions=image_extensions() | VIDEO_EXTENSIONS) if patterns else []
+    common = dict(output_dir=args.output, suffix=args.suffix, overwrite=args.overwrite, skip_existing=args.skip_existing)
+    images, image_outcomes = plan_jobs([f for f in files if not is_video(f[0])], extension=FORMATS[args.format], **common)
+    clips, clip_outcomes = plan_jobs([f for f in files if is_video(f[0])] + sequences, extension=OUTPUT_EXTENSION, **common)
+    return images + clips, image_outcomes + clip_outcomes
+
+
+def describe_jobs(images: int, clips: int, options, args: argparse.Namespace) -> str:
+    parts = [f"{images} image(s)"] if images or not clips else []
+    if clips:
+        stabilized = f"stabilized at {options.temporal:g}" if options.temporal > 0 else "not stabilized (--temporal 0)"
+        parts.append(f"{clips} video(s), {stabilized}" + (f", sequences at {options.fps} fps" if args.sequence else ""))
+    return ", ".join(parts)
 
 
 def colorize_image(model, job: Job, *, size: int, summary: Summary, began: float):

@@ -13,12 +13,13 @@ a hidden temporary file in the same folder and renames it over the target
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -130,14 +131,26 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     Whatever happens (an exception, Ctrl-C, a full disk), ``path`` holds either
     its old content or the complete new file, and the temporary file is gone.
     """
+    with atomic_path(path) as temp, open(temp, "wb") as f:
+        write(f)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` to write to (by name, as FFmpeg
+    does); renamed over ``path`` when the block completes, deleted when it fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(descriptor)
     try:
-        with os.fdopen(descriptor, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not land before the data does
+        yield Path(temp_name)
+        os.chmod(temp_name, 0o666 & ~_UMASK)  # os.chmod, not fchmod: Windows has it before Python 3.13
+        descriptor = os.open(temp_name, os.O_RDWR)  # Windows flushes only handles open for writing
+        try:
+            os.fsync(descriptor)  # the rename must not land before the data does
+        finally:
+            os.close(descriptor)
         os.replace(temp_name, path)
     except BaseException:
         try:
@@ -145,4 +158,3 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
         except FileNotFoundError:
             pass
         raise
-    return path
