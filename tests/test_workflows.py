@@ -230,6 +230,15 @@ def test_chinese_notes_point_to_the_chinese_twins():
     assert "DDColor人物黑白修复" in note_text("DDColor建筑黑白修复")
 
 
+def test_readme_lists_every_preset_with_the_video_strength():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    for path in UI_FILES:
+        assert path.stem in text, path.stem
+    strength = f"{recommended_strength():g}"
+    assert f"| ddcolor_video | DDColor视频上色 | 512 | {strength} |" in text
+    assert f"DDColor Colorize (temporal {strength})" in text
+
+
 # ----------------------------------------------------------------------------- old workflows
 
 
