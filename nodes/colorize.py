@@ -12,6 +12,10 @@ import time
 
 from ..ddcolor import PRECISIONS, PUBLISHED, activation_bytes, colorize, load_model, snap_size
 from ..ddcolor.precision import resolve_precision
+try:
+    from ..ddcolor.temporal import RECOMMENDED_STRENGTH
+except ImportError:  # TEMPORARY until branch `temporal` is merged (API.md's placeholder)
+    RECOMMENDED_STRENGTH = 0.6
 from .models import DEFAULT_MODEL, FOLDER_NAME, ModelCache, cache_key, locate_checkpoint, model_choices
 
 log = logging.getLogger("ddcolor")
@@ -26,7 +30,8 @@ DESCRIPTION = (
     "Colorizes black-and-white photos with DDColor (ICCV 2023). The photo keeps its own size and "
     "lightness; the network predicts colors at the working size and they are scaled back up. "
     "Color input is colorized from its lightness; an alpha channel passes through. Batches (video "
-    "frames) run in chunks with a progress bar and can be cancelled between chunks."
+    "frames) run in chunks with a progress bar and can be cancelled between chunks; temporal keeps the "
+    "colors of a clip's frames steady over time."
 )
 TOOLTIPS = {
     "image": "Photos to colorize: any size, grayscale or color (only the lightness is used).",
@@ -45,6 +50,14 @@ TOOLTIPS = {
         "other checkpoint files found in models/ddcolor are listed too. "
         + "; ".join(f"{entry.name}: {entry.description}" for entry in PUBLISHED.values())
         + "."
+    ),
+    "temporal": (
+        "Flicker removal for video. Use it only when the batch is the consecutive frames of one clip "
+        "(Load Video, VideoHelperSuite): colors are carried along the motion from frame to frame, so they "
+        "stop flickering; scene cuts, new objects and occlusions fall back to the frame's own colors. "
+        "0 (default): every image on its own, for unrelated photos. The video preset uses "
+        + f"{RECOMMENDED_STRENGTH:g}; higher is steadier, lower follows each frame more closely. "
+        "The whole batch is treated as one clip, in order."
     ),
     "output": "The colorized photos, same size and batch as the input (RGB, or RGBA when the input has alpha).",
 }
@@ -80,10 +93,13 @@ class DDColorColorize:
             # (only precision and size) still run, with the default model.
             "optional": {
                 "model": (model_choices(_checkpoint_files()), {"default": DEFAULT_MODEL, "tooltip": TOOLTIPS["model"]}),
+                # Optional and last, so prompts and workflows saved before it existed
+                # (with two or three widget values) load and run unchanged, without it.
+                "temporal": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": TOOLTIPS["temporal"]}),
             },
         }
 
-    def colorize(self, image, precision, size, model=DEFAULT_MODEL):
+    def colorize(self, image, precision, size, model=DEFAULT_MODEL, temporal=0.0):
         import comfy.model_management as mm
         import comfy.utils
 
@@ -101,14 +117,26 @@ class DDColorColorize:
             bar.update_absolute(done, total)
             mm.throw_exception_if_processing_interrupted()
 
+        def run():
+            # The whole batch is one call, so a clip's temporal state spans it; the
+            # engine writes into one output tensor and moves only a chunk at a time.
+            return colorize(patcher.model, image, size=working_size, progress=progress, temporal=temporal)
+
         try:
-            colored = colorize(patcher.model, image, size=working_size, progress=progress)
+            colored = run()
+            retry = False
         except MemoryError:
             if mm.is_device_cpu(patcher.load_device):
                 raise
+            retry = True
+        # Retried outside the except block: the traceback held there keeps the failed
+        # attempt's output (as large as the whole batch) alive.
+        if retry:
             log.warning("ddcolor: out of memory; unloading other models and retrying")
             _unload_other_models(patcher)
-            colored = colorize(patcher.model, image, size=working_size, progress=progress)
+            colored = run()
+        # A no-op when the engine already wrote to the intermediate device (a CPU input):
+        # no second copy of a long clip.
         return (colored.to(mm.intermediate_device()),)
 
 

@@ -82,6 +82,12 @@ def main() -> None:
     facts["after_unload_others"] = sorted(type(m.model.model).__name__ for m in mm.current_loaded_models if m.model is not None)
     del other
 
+    # A clip with temporal stabilization: one progress step per frame, the whole clip in one call.
+    progress.clear()
+    (out,) = node.colorize(torch.rand(6, 48, 64, 3), "fp16", 256, "ddcolor_modelscope", 0.6)
+    facts["temporal_shape"] = list(out.shape)
+    facts["temporal_progress"] = progress[:]
+
     # RGBA: alpha passes through.
     rgba = torch.rand(1, 40, 50, 4)
     (out,) = node.colorize(rgba, "fp32", 256)

@@ -14,13 +14,16 @@ models/ddcolor/ddcolor_modelscope.pth, a "small" one as custom/my_ddcolor.pth.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 import uuid
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +50,12 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO.parent / "shared" / "fixtures"
 NODE = "DDColor-ddcolorize"
 PRESETS = {"ddcolor_person": ("einstein.png", 640), "ddcolor_building": ("ny_riverfront_1931.jpg", 1024)}
+VIDEO = "ddcolor_video"
+# Every UI preset (drag-and-drop, template browser) and the API twin it queues as.
+UI_PRESETS = {
+    "ddcolor_person": "ddcolor_person", "ddcolor_building": "ddcolor_building", VIDEO: VIDEO,
+    "DDColor人物黑白修复": "ddcolor_person", "DDColor建筑黑白修复": "ddcolor_building", "DDColor视频上色": VIDEO,
+}
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -116,7 +125,7 @@ def test_object_info_lists_the_node_with_its_widgets(comfy):
     assert info["display_name"] == "DDColor Colorize"
     assert info["category"] == "image/color"
     assert info["description"] and info["output"] == ["IMAGE"] and info["output_tooltips"][0]
-    assert info["input_order"] == {"required": ["image", "precision", "size"], "optional": ["model"]}
+    assert info["input_order"] == {"required": ["image", "precision", "size"], "optional": ["model", "temporal"]}
     required, optional = info["input"]["required"], info["input"]["optional"]
     assert required["precision"][0] == ["fp16", "fp32", "bf16", "auto"] and required["precision"][1]["default"] == "fp16"
     assert {k: required["size"][1][k] for k in ("default", "min", "max", "step")} == {"default": 512, "min": 256, "max": 2048, "step": 32}
@@ -129,6 +138,8 @@ def test_object_info_lists_the_node_with_its_widgets(comfy):
         "custom/my_ddcolor.pth", "extra_ddcolor.pth",
     ]
     assert optional["model"][1]["default"] == "ddcolor_modelscope"
+    assert optional["temporal"][0] == "FLOAT"
+    assert {k: optional["temporal"][1][k] for k in ("default", "min", "max")} == {"default": 0.0, "min": 0.0, "max": 1.0}
     for declaration in [*required.values(), *optional.values()]:
         assert declaration[1]["tooltip"]
 
@@ -164,13 +175,22 @@ def test_locales_are_served(comfy):
     assert translations["en"]["nodeDefs"][NODE]["display_name"] == "DDColor Colorize"
     assert translations["zh"]["nodeDefs"][NODE]["display_name"] == "DDColor 上色"
     assert translations["zh"]["nodeCategories"]["color"] == "颜色"
+    assert translations["zh"]["nodeDefs"][NODE]["inputs"]["temporal"]["name"] == "防闪烁"
+
+
+def template_url(comfy, name: str, suffix: str) -> str:
+    # As the browser sends it: the Chinese file names percent-encoded in UTF-8.
+    return f"{comfy.url}/api/workflow_templates/{PACK_FOLDER_NAME}/{urllib.parse.quote(name)}.{suffix}"
 
 
 def test_presets_are_listed_as_templates(comfy):
-    assert sorted(comfy.get("/workflow_templates")[PACK_FOLDER_NAME]) == ["ddcolor_building", "ddcolor_person"]
-    for name in PRESETS:
-        with urllib.request.urlopen(f"{comfy.url}/api/workflow_templates/{PACK_FOLDER_NAME}/{name}.jpg") as response:
+    assert sorted(comfy.get("/workflow_templates")[PACK_FOLDER_NAME]) == sorted(UI_PRESETS)
+    for name in UI_PRESETS:
+        with urllib.request.urlopen(template_url(comfy, name, "jpg")) as response:
             assert response.headers["Content-Type"] == "image/jpeg"
+        with urllib.request.urlopen(template_url(comfy, name, "json")) as response:
+            served = json.loads(response.read().decode("utf-8"))
+        assert served == json.loads((REPO / "workflows" / f"{name}.json").read_text(encoding="utf-8")), name
 
 
 # ----------------------------------------------------------------------------- running prompts
@@ -210,19 +230,21 @@ def test_colorized_output_has_color(comfy):
 
 def test_size_change_reuses_the_model_and_model_change_reloads(comfy):
     run(comfy, small_prompt(256))
+    current_precision = small_prompt()[ddcolor_id(small_prompt())]["inputs"]["precision"]
     loads = loads_in_log(comfy)
     for size in (288, 320):
         assert run(comfy, small_prompt(size))["status"]["status_str"] == "success"
-    # On a CPU fp16 and auto resolve alike (bf16 with AMX units, else fp32): the same model, no reload.
-    assert run(comfy, small_prompt(256, precision="auto"))["status"]["status_str"] == "success"
     assert loads_in_log(comfy) == loads
+    # A precision that resolves to the same one on the server's device (a CPU: --cpu) is the same
+    # model; one that resolves differently is another. What each resolves to depends on the CPU.
+    for precision in ("auto", "fp32", "bf16", "fp16"):
+        before, previous = loads_in_log(comfy), resolve_precision(current_precision, "cpu")
+        assert run(comfy, small_prompt(256, precision=precision))["status"]["status_str"] == "success"
+        assert loads_in_log(comfy) == before + (resolve_precision(precision, "cpu") != previous), precision
+        current_precision = precision
+    loads = loads_in_log(comfy)
     assert run(comfy, small_prompt(256, model="custom/my_ddcolor.pth"))["status"]["status_str"] == "success"
     assert loads_in_log(comfy) == loads + 1
-    # A precision that resolves differently is another model.
-    other = "fp32" if resolve_precision("fp16", "cpu") != "fp32" else "bf16"
-    expected = loads + 1 + (resolve_precision(other, "cpu") != resolve_precision("fp16", "cpu"))
-    assert run(comfy, small_prompt(256, precision=other, model="custom/my_ddcolor.pth"))["status"]["status_str"] == "success"
-    assert loads_in_log(comfy) == expected
 
 
 def test_size_off_the_grid_is_rounded_and_said(comfy):
@@ -370,7 +392,105 @@ def test_node_inside_comfyui_memory_management_progress_and_interrupt(tmp_path, 
     assert facts["loaded_after_switch"] == 1 and facts["old_model_freed"]  # no leak across models
     assert facts["interrupt"] == "raised" and facts["progress_before_interrupt"] == [[1, 4]]
     assert facts["leak_warnings"] == []
-    assert facts["precision_notes"] == 1  # fp16 -> fp32 on a CPU is said once, not per prompt
+    # fp16 that runs as another precision on this CPU is said once, not per prompt.
+    assert facts["precision_notes"] == int(resolve_precision("fp16", "cpu") != "fp16")
+    assert facts["temporal_shape"] == [6, 48, 64, 3] and facts["temporal_progress"][-1] == [6, 6]
+
+
+# ----------------------------------------------------------------------------- video
+
+
+def make_clip(path: Path, frames: int, rate: Fraction, size: tuple[int, int], tone_hz: float = 440.0) -> None:
+    """A black-and-white H.264 clip panning across a real photo, with a stereo AAC tone as its sound."""
+    av = pytest.importorskip("av")
+    width, height = size
+    photo = Image.open(FIXTURES / "ny_riverfront_1931.jpg").convert("L")
+    photo = photo.resize((width * 2, round(width * 2 * photo.height / photo.width)))
+    sample_rate = 44100
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("h264", rate=rate)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        audio = container.add_stream("aac", rate=sample_rate, layout="stereo")
+        for i in range(frames):
+            left = round(i * (photo.width - width) / max(1, frames - 1))
+            gray = np.asarray(photo.crop((left, 0, left + width, height)))
+            frame = av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, axis=-1), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        container.mux(video.encode(None))
+        samples = math.ceil(frames / rate * sample_rate)
+        t = np.arange(samples) / sample_rate
+        tone = (0.3 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
+        for start in range(0, samples, 1024):
+            block = np.ascontiguousarray(np.stack([tone[start:start + 1024]] * 2))
+            chunk = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
+            chunk.sample_rate, chunk.pts = sample_rate, start
+            for packet in audio.encode(chunk):
+                container.mux(packet)
+        container.mux(audio.encode(None))
+
+
+def read_clip(path: Path) -> dict:
+    """Frames (N, H, W, 3 uint8), frame rate, and the sound (seconds, sample rate, RMS) of a video file."""
+    av = pytest.importorskip("av")
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        rate = video.average_rate
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return {"frames": frames, "rate": rate, "audio": None}
+        stream = container.streams.audio[0]
+        sound = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+        channels = stream.channels
+        seconds = len(sound) / channels / stream.sample_rate
+        return {"frames": frames, "rate": rate, "audio": {"seconds": seconds, "rate": stream.sample_rate,
+                                                          "codec": stream.codec_context.name, "rms": float(np.sqrt(np.mean(sound ** 2)))}}
+
+
+def upload(comfy, path: Path) -> str:
+    """POST /upload/image (the endpoint the frontend's Load Video upload uses too); the stored name."""
+    boundary = uuid.uuid4().hex
+    body = b"".join([
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode(), path.read_bytes(), b"\r\n",
+        f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n--{boundary}--\r\n'.encode(),
+    ])
+    request = urllib.request.Request(f"{comfy.url}/upload/image", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())["name"]
+
+
+@pytest.mark.parametrize("rate,frames", [(Fraction(24), 18), (Fraction(30000, 1001), 15)], ids=["24fps", "29.97fps"])
+def test_video_preset_keeps_frames_rate_size_and_sound(comfy, tmp_path, rate, frames):
+    source = tmp_path / f"clip_{float(rate):.2f}.mp4"
+    make_clip(source, frames, rate, (160, 96))
+    original = read_clip(source)
+    assert len(original["frames"]) == frames and original["audio"]  # the test clip itself is right
+    prompt = api_preset(VIDEO)
+    prompt["1"]["inputs"]["file"] = upload(comfy, source)
+    node = ddcolor_id(prompt)
+    assert prompt[node]["inputs"]["temporal"] > 0  # the preset stabilizes
+    prompt[node]["inputs"].update(size=256, model="custom/my_ddcolor.pth")  # CPU time: the small checkpoint
+    client = uuid.uuid4().hex
+    with comfy.messages(client) as messages:
+        entry = comfy.wait(comfy.queue(prompt, client_id=client), timeout=600)
+        time.sleep(0.5)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (saved,) = comfy.output_files(entry)
+    assert saved.suffix == ".mp4" and saved.parent.name == "ddcolor"
+    result = read_clip(saved)
+    assert result["frames"].shape == original["frames"].shape  # same frame count and size
+    assert abs(float(result["rate"]) - float(rate)) < 1e-3 * float(rate), (result["rate"], rate)
+    sound = result["audio"]
+    assert sound and sound["codec"] == "aac" and sound["rate"] == 44100
+    assert abs(sound["seconds"] - frames / float(rate)) < 0.1 and sound["rms"] > 0.1
+    colors = result["frames"].astype(np.int16)
+    assert (colors.max(-1) - colors.min(-1)).mean() > 3, "the saved video is still gray"
+    # Progress on the node: frame by frame, to the whole clip.
+    progress = [m["data"] for m in messages if m["type"] == "progress" and m["data"].get("node") == node]
+    assert progress[-1]["value"] == progress[-1]["max"] == frames
 
 
 # ----------------------------------------------------------------------------- the frontend
@@ -430,10 +550,10 @@ def missing_nodes_dialogs(page) -> list[str]:
     return [t for t in texts if "Missing" in t or "not found" in t]
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", UI_PRESETS)
 def test_preset_opens_by_drag_and_drop_with_its_saved_values(comfy, browser, preset, tmp_path):
     path = REPO / "workflows" / f"{preset}.json"
-    workflow = json.loads(path.read_text())
+    workflow = json.loads(path.read_text(encoding="utf-8"))
     page = open_frontend(comfy, browser)
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -448,7 +568,7 @@ def test_preset_opens_by_drag_and_drop_with_its_saved_values(comfy, browser, pre
             assert [value for _, value in widgets] == node["widgets_values"], node["type"]
         # The frontend's own conversion to an API prompt is the API twin.
         queued = page.evaluate("async () => (await app.graphToPrompt()).output")
-        twin = api_preset(preset)
+        twin = api_preset(UI_PRESETS[preset])
         assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in queued.items()} == \
                {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in twin.items()}
         assert errors == []
@@ -458,6 +578,28 @@ def test_preset_opens_by_drag_and_drop_with_its_saved_values(comfy, browser, pre
             target = Path(os.environ["DDCOLOR_SCREENSHOT_DIR"])
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, target / shot.name)
+    finally:
+        page.close()
+
+
+def test_template_browser_lists_every_preset_and_opens_a_chinese_one(comfy, browser):
+    """Workflow -> Browse Templates -> our pack: thumbnails load, and a Chinese-named preset opens."""
+    page = open_frontend(comfy, browser)
+    try:
+        page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        page.get_by_text(PACK_FOLDER_NAME, exact=True).first.click()
+        for name in UI_PRESETS:
+            page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+        page.wait_for_function(
+            "names => names.every(n => [...document.querySelectorAll('.p-dialog img')].some(i => i.alt === n && i.naturalWidth > 0))",
+            arg=list(UI_PRESETS), timeout=30_000,
+        )
+        page.get_by_text("DDColor视频上色", exact=True).first.click()
+        page.wait_for_function("() => app.graph._nodes.some(n => n.type === 'LoadVideo')", timeout=30_000)
+        notes = page.evaluate("() => app.graph._nodes.filter(n => n.type === 'Note').map(n => n.widgets[0].value)")
+        expected = json.loads((REPO / "workflows" / "DDColor视频上色.json").read_text(encoding="utf-8"))
+        assert notes == [n["widgets_values"][0] for n in expected["nodes"] if n["type"] == "Note"]
+        assert missing_nodes_dialogs(page) == []
     finally:
         page.close()
 
@@ -487,7 +629,8 @@ def test_frontend_widgets_follow_the_contract_rules(comfy, browser):
                 const node = LiteGraph.createNode(t);
                 return [t, (node.widgets || []).map(w => w.name)];
             }))""",
-            ["LoadImage", "SaveImage", "PreviewImage", "ImageStitch", "Note", NODE],
+            ["LoadImage", "SaveImage", "PreviewImage", "ImageStitch", "Note", NODE,
+             "LoadVideo", "GetVideoComponents", "CreateVideo", "SaveVideo"],
         )
     finally:
         page.close()
@@ -496,11 +639,14 @@ def test_frontend_widgets_follow_the_contract_rules(comfy, browser):
         assert widget_names == [name for name, _ in specs[kind].widgets()], kind
 
 
-def test_old_workflow_without_model_widget_loads_the_default_model(comfy, browser, tmp_path):
+@pytest.mark.parametrize("saved", [["fp32", 768], ["fp32", 768, "ddcolor_paper_tiny"]], ids=["two values", "three values"])
+def test_old_workflow_loads_with_the_defaults_of_newer_widgets(comfy, browser, tmp_path, saved):
+    """Workflows saved before the model widget (two values) or the temporal one (three)."""
     workflow = json.loads((REPO / "workflows" / "ddcolor_person.json").read_text())
     node = next(n for n in workflow["nodes"] if n["type"] == NODE)
-    node["widgets_values"] = ["fp32", 768]
-    node["inputs"] = [i for i in node["inputs"] if i["name"] != "model"]
+    node["widgets_values"] = saved
+    newer = ["model", "temporal"][len(saved) - 2:]
+    node["inputs"] = [i for i in node["inputs"] if i["name"] not in newer]
     old = tmp_path / "old_ddcolor.json"
     old.write_text(json.dumps(workflow))
     page = open_frontend(comfy, browser)
@@ -508,7 +654,11 @@ def test_old_workflow_without_model_widget_loads_the_default_model(comfy, browse
         drop_file(page, old)
         shown = wait_for_graph(page, {n["id"] for n in workflow["nodes"]})
         assert missing_nodes_dialogs(page) == []
-        assert shown[str(node["id"])]["widgets"] == [["precision", "fp32"], ["size", 768], ["model", "ddcolor_modelscope"]]
+        defaults = ["fp32", 768, "ddcolor_modelscope", 0]
+        expected = [*saved, *defaults[len(saved):]]
+        assert shown[str(node["id"])]["widgets"] == [list(w) for w in zip(["precision", "size", "model", "temporal"], expected)]
+        queued = page.evaluate("async () => (await app.graphToPrompt()).output")
+        assert queued[str(node["id"])]["inputs"]["temporal"] == 0
     finally:
         page.close()
 
@@ -516,8 +666,10 @@ def test_old_workflow_without_model_widget_loads_the_default_model(comfy, browse
 def test_chinese_locale_names_the_node(comfy, browser):
     page = open_frontend(comfy, browser, {"Comfy.Locale": "zh"})
     try:
-        title = page.evaluate("() => LiteGraph.createNode('DDColor-ddcolorize').title")
+        title, labels = page.evaluate(
+            "() => { const n = LiteGraph.createNode('DDColor-ddcolorize'); return [n.title, n.widgets.map(w => w.label)]; }")
         assert title == "DDColor 上色"
+        assert labels == ["精度", "尺寸", "模型", "防闪烁"]
     finally:
         page.close()
         comfy.post("/settings/Comfy.Locale", "en")

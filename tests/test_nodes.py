@@ -101,7 +101,7 @@ def test_input_types_order_and_defaults(node_class):
     types = node_class.INPUT_TYPES()
     assert list(types) == ["required", "optional"]
     assert list(types["required"]) == ["image", "precision", "size"]
-    assert list(types["optional"]) == ["model"]
+    assert list(types["optional"]) == ["model", "temporal"]
     assert types["required"]["image"][0] == "IMAGE"
 
     precision, options = types["required"]["precision"]
@@ -116,10 +116,21 @@ def test_input_types_order_and_defaults(node_class):
     assert choices == PUBLISHED_NAMES  # no ComfyUI here: no model folder to list
     assert options["default"] == "ddcolor_modelscope"
 
+    kind, options = types["optional"]["temporal"]
+    assert kind == "FLOAT"
+    assert {k: options[k] for k in ("default", "min", "max")} == {"default": 0.0, "min": 0.0, "max": 1.0}
+    assert 0 < options["step"] <= 0.05
 
-def test_widget_values_are_precision_size_model(node_class):
+
+def test_widget_values_are_precision_size_model_temporal(node_class):
     spec = spec_from_node_class(NODE, node_class)
-    assert [name for name, _ in spec.widgets()] == ["precision", "size", "model"]
+    assert [name for name, _ in spec.widgets()] == ["precision", "size", "model", "temporal"]
+
+
+def test_temporal_tooltip_says_when_to_use_it(node_class):
+    tooltip = node_class.INPUT_TYPES()["optional"]["temporal"][1]["tooltip"]
+    assert "one clip" in tooltip and "unrelated photos" in tooltip
+    assert f"{colorize_module.RECOMMENDED_STRENGTH:g}" in tooltip
 
 
 def test_every_input_has_a_tooltip(node_class):
@@ -134,11 +145,12 @@ def test_size_tooltip_gives_the_preset_ranges(node_class):
     assert "460-680" in tooltip and "960-1280" in tooltip and "32" in tooltip
 
 
-def test_model_is_optional_in_the_signature(node_class):
-    # Prompts and workflows saved before the model widget existed send only precision and size.
+def test_model_and_temporal_are_optional_in_the_signature(node_class):
+    # Prompts saved before these widgets existed send only precision and size (and model).
     signature = inspect.signature(getattr(node_class, node_class.FUNCTION))
-    assert list(signature.parameters) == ["self", "image", "precision", "size", "model"]
+    assert list(signature.parameters) == ["self", "image", "precision", "size", "model", "temporal"]
     assert signature.parameters["model"].default == "ddcolor_modelscope"
+    assert signature.parameters["temporal"].default == 0.0
 
 
 # ----------------------------------------------------------------------------- model files
@@ -301,6 +313,8 @@ def test_chinese_locale_is_translated():
         assert cjk.search(zh["inputs"][name]["tooltip"])
     # Numbers users act on survive translation.
     assert "460" in zh["inputs"]["size"]["tooltip"] and "1280" in zh["inputs"]["size"]["tooltip"]
+    assert f"{colorize_module.RECOMMENDED_STRENGTH:g}" in zh["inputs"]["temporal"]["tooltip"]
+    assert cjk.search(zh["inputs"]["temporal"]["name"])
     assert load_locale("zh", "main.json")["nodeCategories"]["color"]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,21 @@ NODE = "DDColor-ddcolorize"
 WORKFLOWS = REPO / "workflows"
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
-PRESETS = {"ddcolor_person": 640, "ddcolor_building": 1024}
+PRESETS = {"ddcolor_person": 640, "ddcolor_building": 1024}  # photo presets and their size
+VIDEO = "ddcolor_video"
+# Chinese twins of the UI presets (named as Chinese users search for them): same graph, notes in Chinese.
+# Their API twin is the English preset's: the notes never reach an API prompt.
+CHINESE_TWINS = {"DDColor人物黑白修复": "ddcolor_person", "DDColor建筑黑白修复": "ddcolor_building", "DDColor视频上色": VIDEO}
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def recommended_strength() -> float:
+    pack = load_pack()
+    return sys.modules[f"{pack.__name__}.nodes.colorize"].RECOMMENDED_STRENGTH
+
+
+def english_name(path: Path) -> str:
+    return CHINESE_TWINS.get(path.stem, path.stem)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +64,8 @@ def nodes_of(workflow: dict, kind: str) -> list[dict]:
 
 
 def test_the_presets_exist():
-    assert {p.stem for p in UI_FILES} == set(PRESETS)
-    assert {p.stem for p in API_FILES} == set(PRESETS)
+    assert {p.stem for p in UI_FILES} == {*PRESETS, VIDEO, *CHINESE_TWINS}
+    assert {p.stem for p in API_FILES} == {*PRESETS, VIDEO}
 
 
 # ----------------------------------------------------------------------------- validity
@@ -67,7 +83,7 @@ def test_api_prompt_is_valid(path, specs):
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
 def test_api_twin_matches_the_ui_workflow(path, specs):
-    twin = WORKFLOWS / "api" / path.name
+    twin = WORKFLOWS / "api" / f"{english_name(path)}.json"
     assert strip_meta(load(twin)) == ui_to_api(load(path), specs)
 
 
@@ -87,7 +103,8 @@ def test_preset_colorizes_at_its_size_in_fp16(name, size, specs):
     workflow = load(WORKFLOWS / f"{name}.json")
     (ddcolor,) = nodes_of(workflow, NODE)
     values = widget_values_by_name(specs[NODE], ddcolor["widgets_values"])
-    assert values == {"precision": "fp16", "size": size, "model": "ddcolor_modelscope"}
+    # Photos are unrelated images: no temporal stabilization.
+    assert values == {"precision": "fp16", "size": size, "model": "ddcolor_modelscope", "temporal": 0}
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -104,9 +121,13 @@ def test_preset_chain_and_before_after_view(name, specs):
     assert by_type["PreviewImage"][1]["inputs"]["images"] == [stitch_id, 0]
 
 
+def note_text(name: str) -> str:
+    return "\n".join(n["widgets_values"][0] for n in nodes_of(load(WORKFLOWS / f"{name}.json"), "Note"))
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_notes_explain_sizes_precision_and_are_honest(name):
-    text = " ".join(n["widgets_values"][0] for n in nodes_of(load(WORKFLOWS / f"{name}.json"), "Note"))
+    text = note_text(name)
     for fact in ("460-680", "960-1280", "multiple of 32", "fp16", "bf16", "fp32", "auto"):
         assert fact in text, fact
     assert "no separate person or building weights" in text
@@ -122,11 +143,113 @@ def test_presets_differ_only_in_size_and_text(specs):
     assert person == building
 
 
+# ----------------------------------------------------------------------------- the video preset
+
+
+def test_video_preset_chain_keeps_the_sources_rate_and_sound(specs):
+    prompt = ui_to_api(load(WORKFLOWS / f"{VIDEO}.json"), specs)
+    by_type = {n["class_type"]: (node_id, n) for node_id, n in prompt.items()}
+    assert set(by_type) == {"LoadVideo", "GetVideoComponents", NODE, "CreateVideo", "SaveVideo"}
+    load_id, _ = by_type["LoadVideo"]
+    parts_id, parts = by_type["GetVideoComponents"]
+    ddcolor_id, ddcolor = by_type[NODE]
+    assert parts["inputs"]["video"] == [load_id, 0]
+    assert ddcolor["inputs"]["image"] == [parts_id, 0]
+    # The colorized frames with the source's own audio (output 1) and frame rate (output 2).
+    assert by_type["CreateVideo"][1]["inputs"] == {"images": [ddcolor_id, 0], "audio": [parts_id, 1], "fps": [parts_id, 2]}
+    save = by_type["SaveVideo"][1]["inputs"]
+    assert save["video"] == [by_type["CreateVideo"][0], 0]
+    assert save["format"] == "mp4" and save["codec"] == "h264" and save["filename_prefix"].startswith("ddcolor/")
+
+
+def test_video_preset_uses_the_recommended_strength(specs):
+    (ddcolor,) = nodes_of(load(WORKFLOWS / f"{VIDEO}.json"), NODE)
+    values = widget_values_by_name(specs[NODE], ddcolor["widgets_values"])
+    assert values == {"precision": "fp16", "size": 512, "model": "ddcolor_modelscope", "temporal": recommended_strength()}
+
+
+def test_video_preset_uses_core_nodes_only(specs):
+    pack = load_pack()
+    types = {n["type"] for n in load(WORKFLOWS / f"{VIDEO}.json")["nodes"]}
+    assert types - set(pack.NODE_CLASS_MAPPINGS) <= set(core_specs())
+
+
+def test_video_note_is_honest_about_memory_and_points_to_the_cli():
+    text = note_text(VIDEO)
+    assert f"temporal = {recommended_strength():g}" in text
+    assert "WHOLE clip into memory as one batch" in text
+    # The per-frame size it quotes: width x height x 3 channels x 4 bytes (float32).
+    assert "width x height x 3 x 4 bytes" in text
+    assert f"{1280 * 720 * 12 / 1e6:.0f} MB at 1280x720" in text and f"{1920 * 1080 * 12 / 1e6:.0f} MB at 1920x1080" in text
+    assert f"about {1440 * 1280 * 720 * 12 / 1e9:.0f} GB" in text  # one minute of 720p at 24 fps, one copy
+    assert "python -m ddcolor colorize film.mp4 -o colored/" in text
+    for fact in ("size", "512", "multiple of 32", "fp16", "bf16", "fp32", "auto", "Cancel"):
+        assert fact in text, fact
+
+
+# ----------------------------------------------------------------------------- the Chinese twins
+
+
+def without_notes(workflow: dict) -> dict:
+    twin = copy.deepcopy(workflow)
+    twin.pop("id")
+    for node in twin["nodes"]:
+        if node["type"] == "Note":
+            node["widgets_values"] = []
+            node.pop("title", None)  # the frontend does not translate "Note"
+    return twin
+
+
+@pytest.mark.parametrize("chinese,english", CHINESE_TWINS.items())
+def test_chinese_twin_is_the_english_preset_with_chinese_notes(chinese, english):
+    zh, en = load(WORKFLOWS / f"{chinese}.json"), load(WORKFLOWS / f"{english}.json")
+    assert without_notes(zh) == without_notes(en)
+    assert zh["id"] != en["id"]  # two templates, not one saved twice
+    for zh_note, en_note in zip(nodes_of(zh, "Note"), nodes_of(en, "Note")):
+        text = zh_note["widgets_values"][0]
+        assert len(CJK.findall(text)) > 100 and text != en_note["widgets_values"][0]
+
+
+@pytest.mark.parametrize("chinese,english", CHINESE_TWINS.items())
+def test_chinese_notes_keep_the_numbers_users_act_on(chinese, english):
+    text = note_text(chinese)
+    for fact in ("fp16", "bf16", "fp32", "auto", "32", "output/ddcolor/", "models/ddcolor"):
+        assert fact in text, fact
+    if english in PRESETS:
+        assert "460-680" in text and "960-1280" in text and f"本预设：{PRESETS[english]}" in text
+        assert "没有单独的人物或建筑模型" in text and "只是尺寸不同" in text
+    else:
+        assert f"防闪烁（temporal）= {recommended_strength():g}" in text
+        assert "整段" in text and "11 MB" in text and "25 MB" in text and "16 GB" in text
+        assert "python -m ddcolor colorize film.mp4 -o colored/" in text
+
+
+def test_chinese_notes_point_to_the_chinese_twins():
+    # A note that says "see the building preset" names the one the reader can find beside it.
+    assert "DDColor建筑黑白修复" in note_text("DDColor人物黑白修复")
+    assert "DDColor人物黑白修复" in note_text("DDColor建筑黑白修复")
+
+
+def test_readme_lists_every_preset_with_the_video_strength():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    for path in UI_FILES:
+        assert path.stem in text, path.stem
+    strength = f"{recommended_strength():g}"
+    assert f"| ddcolor_video | DDColor视频上色 | 512 | {strength} |" in text
+    assert f"DDColor Colorize (temporal {strength})" in text
+
+
 # ----------------------------------------------------------------------------- old workflows
 
 
-def test_workflow_saved_before_the_model_widget_loads_with_the_default_model(specs):
-    assert widget_values_by_name(specs[NODE], ["fp32", 768]) == {"precision": "fp32", "size": 768, "model": "ddcolor_modelscope"}
+def test_workflow_saved_before_the_model_widget_loads_with_the_defaults(specs):
+    assert widget_values_by_name(specs[NODE], ["fp32", 768]) == {
+        "precision": "fp32", "size": 768, "model": "ddcolor_modelscope", "temporal": 0.0}
+
+
+def test_workflow_saved_before_the_temporal_widget_loads_without_stabilization(specs):
+    assert widget_values_by_name(specs[NODE], ["fp32", 768, "ddcolor_paper"]) == {
+        "precision": "fp32", "size": 768, "model": "ddcolor_paper", "temporal": 0.0}
 
 
 # ----------------------------------------------------------------------------- the checker catches mistakes
@@ -149,15 +272,17 @@ def test_checker_catches_unknown_node_type(person, specs):
 
 def test_checker_catches_wrong_widget_count(person, specs):
     ddcolor_node(person)["widgets_values"].append(0)
-    assert any("widgets_values has 4 values" in p for p in check_ui_workflow(person, specs))
+    assert any("widgets_values has 5 values" in p for p in check_ui_workflow(person, specs))
 
 
 @pytest.mark.parametrize("values,problem", [
-    (["fp8", 640, "ddcolor_modelscope"], "precision='fp8' is not one of"),
-    (["fp16", 4096, "ddcolor_modelscope"], "size=4096 is outside 256..2048"),
-    (["fp16", 650, "ddcolor_modelscope"], "not on its step of 32"),
-    (["fp16", "640", "ddcolor_modelscope"], "size must be an integer"),
-    ([640, "fp16", "ddcolor_modelscope"], "precision must be a string"),
+    (["fp8", 640, "ddcolor_modelscope", 0], "precision='fp8' is not one of"),
+    (["fp16", 4096, "ddcolor_modelscope", 0], "size=4096 is outside 256..2048"),
+    (["fp16", 650, "ddcolor_modelscope", 0], "not on its step of 32"),
+    (["fp16", "640", "ddcolor_modelscope", 0], "size must be an integer"),
+    ([640, "fp16", "ddcolor_modelscope", 0], "precision must be a string"),
+    (["fp16", 640, "ddcolor_modelscope", 1.5], "temporal=1.5 is outside 0.0..1.0"),
+    (["fp16", 640, "ddcolor_modelscope", "0.6"], "temporal must be a number"),
 ])
 def test_checker_catches_bad_widget_values(person, specs, values, problem):
     ddcolor_node(person)["widgets_values"] = values
@@ -207,9 +332,17 @@ def test_checker_catches_a_twin_that_drifted(specs):
     assert ui_to_api(ui, specs) != strip_meta(load(WORKFLOWS / "api" / "ddcolor_person.json"))
 
 
-def test_old_api_prompt_without_model_is_valid(specs):
+@pytest.mark.parametrize("dropped", [("temporal",), ("model", "temporal")])
+def test_old_api_prompt_without_the_newer_inputs_is_valid(specs, dropped):
     prompt = load(WORKFLOWS / "api" / "ddcolor_person.json")
     for node in prompt.values():
         if node["class_type"] == NODE:
-            del node["inputs"]["model"]
+            for name in dropped:
+                del node["inputs"][name]
     assert check_api_prompt(prompt, specs) == []
+
+
+def test_checker_catches_a_video_preset_that_lost_its_sound(specs):
+    video = load(WORKFLOWS / "api" / f"{VIDEO}.json")
+    video["4"]["inputs"]["audio"] = ["2", 2]  # the fps output
+    assert any("audio takes AUDIO but node 2 output 2 is FLOAT" in p for p in check_api_prompt(video, specs))

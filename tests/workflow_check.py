@@ -20,6 +20,8 @@ from typing import Any
 CORE_NODES_FILE = Path(__file__).with_name("core_nodes.json")
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = ["fixed", "increment", "decrement", "randomize"]
+# Combo options after which the frontend adds its "upload" button widget (LoadImage, LoadVideo).
+UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload")
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class NodeSpec:
             if not i.is_widget:
                 continue
             widgets.append((i.name, i))
-            if i.type == "COMBO" and i.options.get("image_upload"):
+            if i.type == "COMBO" and any(i.options.get(kind) for kind in UPLOAD_OPTIONS):
                 widgets.append(("upload", Input("upload", "IMAGEUPLOAD", True)))
             if i.type in ("INT", "FLOAT") and (i.options.get("control_after_generate") or i.name in ("seed", "noise_seed")):
                 widgets.append(("control_after_generate", Input("control_after_generate", "COMBO", True, {"choices": CONTROL_VALUES})))
@@ -105,8 +107,11 @@ def check_value(where: str, spec: Input, value: Any) -> list[str]:
             problems.append(f"{where}: {spec.name}={value} is not on its step of {o['step']}")
         return problems
     if t == "FLOAT":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return [] if ok else [f"{where}: {spec.name} must be a number, got {value!r}"]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return [f"{where}: {spec.name} must be a number, got {value!r}"]
+        if "min" in o and value < o["min"] or "max" in o and value > o["max"]:
+            return [f"{where}: {spec.name}={value} is outside {o.get('min')}..{o.get('max')}"]
+        return []
     if t == "BOOLEAN":
         return [] if isinstance(value, bool) else [f"{where}: {spec.name} must be true or false, got {value!r}"]
     if t in ("STRING", "IMAGEUPLOAD"):

@@ -1,0 +1,121 @@
+"""The smallest stand-ins for the parts of ComfyUI the node calls, recording what it asks of them.
+
+``install(monkeypatch, models_dir)`` puts modules named ``comfy``,
+``comfy.model_management``, ``comfy.utils``, ``comfy.model_patcher`` and
+``folder_paths`` into ``sys.modules`` (monkeypatch removes them after the
+test), so ``DDColorColorize().colorize`` runs its real code path in CI without
+a ComfyUI checkout. Each stand-in does what the node relies on and no more;
+tests/test_e2e_comfyui.py checks the same behaviour against the real ComfyUI.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import torch
+
+
+class InterruptProcessingException(Exception):
+    """ComfyUI's exception for Cancel (comfy.model_management)."""
+
+
+@dataclass
+class ComfyRecord:
+    """What the node asked of ComfyUI, in order, and the knobs a test turns."""
+
+    calls: list[tuple] = field(default_factory=list)  # (function name, details...)
+    progress: list[tuple[int, int]] = field(default_factory=list)  # every ProgressBar.update_absolute
+    bars: list[int] = field(default_factory=list)  # totals of the ProgressBars made
+    patchers: list[object] = field(default_factory=list)  # every ModelPatcher made (one per model load)
+    interrupted: bool = False
+    device_is_cpu: bool = True  # False: the node treats its device as a GPU (the out-of-memory retry)
+    on_progress: Callable[[int, int], None] | None = None  # runs after each progress update
+
+    def names(self) -> list[str]:
+        return [call[0] for call in self.calls]
+
+
+def install(monkeypatch, models_dir: Path) -> ComfyRecord:
+    record = ComfyRecord()
+    cpu = torch.device("cpu")
+
+    mm = ModuleType("comfy.model_management")
+    mm.InterruptProcessingException = InterruptProcessingException
+
+    def throw_exception_if_processing_interrupted():
+        if record.interrupted:
+            record.interrupted = False  # ComfyUI clears the flag as it raises
+            raise InterruptProcessingException()
+
+    def interrupt_current_processing(value=True):
+        record.interrupted = value
+
+    class LoadedModel:
+        def __init__(self, model):
+            self.model = model
+
+    def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None, force_full_load=False):
+        record.calls.append(("load_models_gpu", tuple(models), memory_required, force_full_load))
+
+    def free_memory(memory_required, device, keep_loaded=()):
+        record.calls.append(("free_memory", memory_required, device, tuple(m.model for m in keep_loaded)))
+
+    mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    mm.interrupt_current_processing = interrupt_current_processing
+    mm.LoadedModel = LoadedModel
+    mm.load_models_gpu = load_models_gpu
+    mm.free_memory = free_memory
+    mm.soft_empty_cache = lambda force=False: record.calls.append(("soft_empty_cache",))
+    mm.get_torch_device = lambda: cpu
+    mm.unet_offload_device = lambda: cpu
+    mm.intermediate_device = lambda: cpu
+    mm.is_device_cpu = lambda device: record.device_is_cpu
+
+    utils = ModuleType("comfy.utils")
+
+    class ProgressBar:
+        def __init__(self, total):
+            self.total = total
+            record.bars.append(total)
+
+        def update_absolute(self, value, total=None, preview=None):
+            record.progress.append((value, total if total is not None else self.total))
+            if record.on_progress is not None:
+                record.on_progress(value, total)
+
+    utils.ProgressBar = ProgressBar
+
+    model_patcher = ModuleType("comfy.model_patcher")
+
+    class ModelPatcher:
+        def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+            self.model, self.load_device, self.offload_device = model, load_device, offload_device
+            record.patchers.append(self)
+
+    model_patcher.ModelPatcher = ModelPatcher
+
+    folder_paths = ModuleType("folder_paths")
+    folder_paths.models_dir = str(models_dir.parent)
+    folders: dict[str, list[str]] = {"ddcolor": [str(models_dir)]}
+    folder_paths.get_folder_paths = lambda name: list(folders.get(name, []))
+    folder_paths.add_model_folder_path = lambda name, path, is_default=False: folders.setdefault(name, []).insert(0, path)
+    folder_paths.get_filename_list = lambda name: sorted(
+        str(p.relative_to(models_dir)) for p in models_dir.rglob("*") if p.is_file()
+    )
+
+    comfy = ModuleType("comfy")
+    comfy.__path__ = []  # a package, so `import comfy.utils` resolves the submodules below
+    comfy.model_management, comfy.utils, comfy.model_patcher = mm, utils, model_patcher
+    for name, module in {
+        "comfy": comfy,
+        "comfy.model_management": mm,
+        "comfy.utils": utils,
+        "comfy.model_patcher": model_patcher,
+        "folder_paths": folder_paths,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return record
