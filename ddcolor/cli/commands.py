@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strict-precision", action="store_true", help="run --precision even where it is slow (fp16 on a CPU)")
     c.add_argument("--format", default="png", choices=FORMATS, help="output format (default: %(default)s; images with alpha are always PNG)")
     c.add_argument("--quality", type=int, default=95, help="JPEG quality 1-95 (default: %(default)s)")
+    c.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run on a Ray cluster: alone, the local one (started if none runs); or auto, or the head's host:port (needs the ray extra)")
+    c.add_argument("--workers", type=int, metavar="N", help="with --ray: at most N model workers (default: one per GPU, else one per CPU core that memory allows)")
 
     d = commands.add_parser("download", help="fetch published models ahead of time", description="Download published DDColor checkpoints into the models folder.")
     d.set_defaults(command=cmd_download)
@@ -132,9 +134,15 @@ def cmd_colorize(args: argparse.Namespace) -> int:
         inputs, output_dir=args.output, suffix=args.suffix, extension=FORMATS[args.format],
         overwrite=args.overwrite, skip_existing=args.skip_existing,
     )
-    device = resolve_device(args.device)
     for outcome in decided:
         summary.add(outcome)
+    if args.ray is not None:  # each worker picks its own device; the driver needs none
+        from .ray_runner import colorize_on_ray
+
+        return colorize_on_ray(args, jobs, decided, summary, size=size)
+    if args.workers is not None:
+        raise UsageError("--workers applies to --ray runs; a local run has one model")
+    device = resolve_device(args.device)
     if not jobs:
         summary.report()
         return summary.exit_code()
