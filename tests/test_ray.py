@@ -12,6 +12,7 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -87,7 +88,7 @@ def ray_environment():
     finally:
         leftovers = processes_using(temp)
         for pid in leftovers:  # only processes of our own private session folder
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -135,36 +136,62 @@ def cluster(ray_environment):
 # ----------------------------------------------------------------------------- on a cluster
 
 
-def test_ray_alone_starts_a_private_local_instance_and_stops_it(ray_environment, tmp_path, small_checkpoint):
-    """``--ray`` without an address and no cluster running: a local instance is started,
-    used and stopped. Its one worker owns every core, as a local run does."""
+def test_ray_alone_runs_on_a_local_instance_stops_on_ctrl_c_and_resumes(ray_environment, tmp_path, small_checkpoint):
+    """``--ray`` without an address, no cluster running: a local instance is started and
+    stopped with the run. Ctrl-C stops the run with complete files only and an honest
+    count; the same command with --skip-existing then does exactly what is missing, and
+    the files are those of the local run (the one worker owns every core, as it does)."""
+    count = 8
     folder = tmp_path / "in"
-    make_photos(folder, 2)
-    options = ["--model", small_checkpoint, "--size", 64]
+    make_photos(folder, count, 320, 240)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ddcolor", "colorize", str(folder), "-o", str(out),
+               "--model", str(small_checkpoint), "--size", "128", "--ray"]
     own_temp = tempfile.mkdtemp(prefix="ddray", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": own_temp}  # its own current-cluster file: nothing to join
     try:
-        env = {**os.environ, "RAY_TMPDIR": own_temp}  # no cluster file there: nothing to join
-        result = subprocess.run(
-            [sys.executable, "-m", "ddcolor", "colorize", str(folder), "-o", str(tmp_path / "ray"), *map(str, options), "--ray"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 240
+        while not list(out.glob("*_color.png")):
+            assert process.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "no image done within 240 s:\n" + "".join(lines)
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130, "".join(lines)
+        reader.join(timeout=10)
+        log = "".join(lines)
         assert processes_using(own_temp) == []  # the instance it started is gone
+
+        written = sorted(out.iterdir())
+        assert 1 <= len(written) < count and all(p.name.endswith("_color.png") for p in written)  # no temporaries
+        for path in written:
+            with Image.open(path) as image:
+                image.load()  # complete
+        assert f"colorized {len(written)}, skipped 0, failed 0" in log
+        assert f"interrupted: {count - len(written)} image(s) not started" in log
+
+        resumed = subprocess.run([*command, "--skip-existing"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert f"colorized {count - len(written)}, skipped {len(written)}, failed 0" in resumed.stdout
+        assert processes_using(own_temp) == []
     finally:
+        if process.poll() is None:
+            process.kill()
         for pid in processes_using(own_temp, wait=0):
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
         shutil.rmtree(own_temp, ignore_errors=True)
-    assert "colorized 2, skipped 0, failed 0" in result.stdout
-    cores = int(re.search(r"1 CPU worker\(s\) of (\d+) core\(s\)", result.stderr)[1])
-    threads = int(re.search(r"(\d+) thread\(s\)", result.stdout)[1])
-    assert threads == cores
-    local_run("colorize", folder, "-o", tmp_path / "local", *options, threads=threads)
-    assert files(tmp_path / "ray") == files(tmp_path / "local")
+    cores = int(re.search(r"1 CPU worker\(s\) of (\d+) core\(s\)", log)[1])
+    assert int(re.search(r"(\d+) thread\(s\)", log)[1]) == cores
+    local_run("colorize", folder, "-o", tmp_path / "local", "--model", small_checkpoint, "--size", 128, threads=cores)
+    assert files(out) == files(tmp_path / "local")
 
 
 def test_a_cluster_run_writes_what_the_local_run_writes(cluster, tmp_path, small_checkpoint, capsys):
     """Same files byte for byte, same summary and exit code, a corrupt file reported,
-    options (format, quality, suffix) meaning the same; --skip-existing finishes what is missing."""
+    options (format, quality, suffix) meaning the same."""
     folder = tmp_path / "in"
     make_photos(folder, 3)
     Image.fromarray(photo(seed=7)).convert("LA").save(folder / "alpha.png")  # stays PNG with --format jpg
@@ -181,13 +208,7 @@ def test_a_cluster_run_writes_what_the_local_run_writes(cluster, tmp_path, small
     assert "colorized 4, skipped 0, failed 1" in captured.out
     assert f"failed: {folder / 'corrupt.png'}: cannot decode" in captured.out
     assert "written as alpha_c.png to keep its alpha channel" in captured.out
-    assert "1 core(s)" in captured.err
-
-    for name in ("p1_c.jpg", "alpha_c.png"):
-        (tmp_path / "ray" / name).unlink()
-    assert run("colorize", folder, "-o", tmp_path / "ray", *options, "--ray", cluster.address, "--skip-existing") == 1
-    assert "colorized 2, skipped 2, failed 1" in capsys.readouterr().out
-    assert files(tmp_path / "ray") == files(tmp_path / "local")
+    assert "CPU worker(s) of 1 core(s)" in captured.err
 
 
 def test_a_node_killed_mid_run_loses_nothing_and_does_nothing_twice(cluster, ray_environment, tmp_path, small_checkpoint):
@@ -259,6 +280,16 @@ def test_an_address_that_is_an_input_is_caught(photos, small_checkpoint, capsys)
     """``--ray scans/ more.png`` reads scans/ as the address: say so instead of joining nothing."""
     assert run("colorize", photos / "p0.png", "--model", small_checkpoint, "--ray", photos) == 2
     assert "write --ray after the inputs" in capsys.readouterr().err
+
+
+def test_urls_are_refused_before_anything_is_written(photos, small_checkpoint, tmp_path, monkeypatch, capsys):
+    """Only file systems are supported (on a cluster, one every machine sees at the same path)."""
+    monkeypatch.chdir(tmp_path)
+    assert run("colorize", "s3://archive/scans", "--model", small_checkpoint, "--ray") == 2
+    assert "s3://archive/scans: URLs are not supported" in capsys.readouterr().err
+    assert run("colorize", photos, "-o", "s3://archive/colored", "--model", small_checkpoint, "--ray") == 2
+    assert "URLs are not supported" in capsys.readouterr().err
+    assert not (tmp_path / "s3:").exists()
 
 
 def test_without_ray_installed_the_error_says_how_to_install_it(photos, small_checkpoint, monkeypatch, capsys):

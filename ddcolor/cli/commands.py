@@ -32,6 +32,7 @@ from .batch import (
     logging_through,
     find_inputs,
     plan_jobs,
+    refuse_uris,
 )
 
 PRESETS = {"person": 640, "building": 1024}
@@ -129,6 +130,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
         raise UsageError(f"--size {args.size}: use at least 32 (512 is the default; {', '.join(f'{v} for {k}' for k, v in PRESETS.items())})")
     summary = Summary()
     size = args.size or PRESETS.get(args.preset, DEFAULT_SIZE)
+    refuse_uris(*args.inputs, args.output)
     inputs = find_inputs(args.inputs, recursive=args.recursive)
     jobs, decided = plan_jobs(
         inputs, output_dir=args.output, suffix=args.suffix, extension=FORMATS[args.format],
@@ -412,6 +414,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs {args.jobs}: use 1 or more")
     workflow, input_node = load_workflow(args.workflow, args.input_node)
     summary = Summary()
+    refuse_uris(*args.inputs, args.output)
     inputs = find_inputs(args.inputs, recursive=args.recursive)
     # The server picks the file type; PNG is what SaveImage writes.
     jobs, decided = plan_jobs(

@@ -48,7 +48,7 @@ MAX_BLOCKS = 20_000
 
 @dataclass(frozen=True)
 class Options:
-    """What every worker needs to know about the run; sent once to each actor and task."""
+    """What a model worker needs to know about the run; sent once to each."""
 
     model_file: str  # the checkpoint's file name (its suffix tells the format)
     device: str  # "cuda" or "cpu": the kind of device each worker takes
@@ -61,7 +61,7 @@ class Options:
 def colorize_on_ray(args: argparse.Namespace, jobs: list[Job], decided: list[Outcome], summary: Summary, *, size: int) -> int:
     """Run ``jobs`` on the Ray cluster named by ``args.ray``; fill ``summary`` as the local run does."""
     address = args.ray
-    if address and Path(address).exists():
+    if address not in ("", "auto") and Path(address).exists():
         raise UsageError(f"--ray took {address!r} as the cluster address; write --ray after the inputs, or --ray=ADDRESS")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: use 1 or more")
@@ -186,7 +186,7 @@ class WorkerPlan:
 
     def actor_resources(self) -> dict:
         if self.device == "cuda":
-            return {"num_gpus": 1, "num_cpus": 1}
+            return {"num_gpus": 1}  # Ray Data adds the one core that feeds it
         return {"num_cpus": self.cpus_per_worker, "memory": self.memory_per_worker}
 
     def io_resources(self, ray) -> dict:
@@ -276,7 +276,9 @@ def run_pipeline(ray, jobs: list[Job], options: Options, plan: WorkerPlan, weigh
         finally:
             close = getattr(rows_out, "close", None)
             if close is not None:
-                close()
+                close()  # stops Ray Data's execution: nothing new starts
+        if stop.requested or summary.aborted:
+            error = None  # what broke while stopping was the stop: those images count as not started
     return outcomes, error
 
 
@@ -397,8 +399,7 @@ class ModelWorker:
             pixels, status, reason = np.zeros((1, 1, 3), np.uint8), "", str(batch["error"][i])
             kind = str(batch["kind"][i])
             if kind != "image":
-                outcome = WHOLE_FILE_JOBS[kind](self.model, Job(Path(batch["source"][i]), Path(batch["target"][i])), self.options)
-                status, reason = outcome.status, outcome.reason
+                status, reason = self.whole_file(kind, Job(Path(batch["source"][i]), Path(batch["target"][i])))
             elif not reason:
                 try:
                     pixels = self.colorize(batch["image"][i])
@@ -409,6 +410,13 @@ class ModelWorker:
             out["reason"].append(reason)
             out["seconds"][i] += time.perf_counter() - began
         return out
+
+    def whole_file(self, kind: str, job: Job) -> tuple[str, str]:
+        try:
+            outcome = WHOLE_FILE_JOBS[kind](self.model, job, self.options)
+        except Exception as e:  # one bad file must not end the run
+            return FAILED, f"{kind} failed: {e}"
+        return outcome.status, outcome.reason
 
     def colorize(self, image):
         """The local run's model step, then the 8-bit conversion its writer does (4x less to ship)."""
