@@ -386,3 +386,45 @@ def test_lost_reports_are_settled_from_what_is_on_disk(tmp_path):
     assert [o.status for o in failed.outcomes] == [DONE, DONE, FAILED, FAILED]
     assert "the Ray run failed (RuntimeError: GCS unreachable)" in failed.outcomes[2].reason
     assert failed.exit_code() == 1
+
+
+def test_a_row_flows_through_the_stages_as_on_the_workers(tmp_path, small_checkpoint, monkeypatch):
+    """The three stage functions, called in order as Ray calls them: an image comes out
+    as the local run writes it; a whole-file job (a video, later) runs on the model
+    worker and passes the write stage untouched; one that raises fails that file only."""
+    import torch
+
+    import ddcolor
+    from ddcolor.cli import ray_runner
+    from ddcolor.cli.ray_runner import ModelWorker, Options, read_stage, write_stage
+
+    make_photos(tmp_path / "in", 1)
+    local_run("colorize", tmp_path / "in", "-o", tmp_path / "local", "--model", small_checkpoint, "--size", 64, threads=torch.get_num_threads())
+    calls = []
+
+    def whole_file(model, job, options):
+        calls.append((job.source.name, options.size))
+        if job.source.name == "broken.mov":
+            raise RuntimeError("no video stream")
+        return Outcome(job, DONE, "240 frames")
+
+    monkeypatch.setitem(ray_runner.WHOLE_FILE_JOBS, "clip", whole_file)
+    worker = ModelWorker.__new__(ModelWorker)  # what __init__ sets up, without Ray
+    worker.options = Options(small_checkpoint.name, "cpu", "fp32", False, 64, 95)
+    worker.model = ddcolor.load_model(small_checkpoint, precision="fp32")
+    rows = [
+        {"index": 0, "kind": "image", "source": str(tmp_path / "in" / "p0.png"), "target": str(tmp_path / "ray" / "p0_color.png")},
+        {"index": 1, "kind": "clip", "source": str(tmp_path / "film.mov"), "target": str(tmp_path / "ray" / "film_color.mp4")},
+        {"index": 2, "kind": "clip", "source": str(tmp_path / "broken.mov"), "target": str(tmp_path / "ray" / "broken_color.mp4")},
+    ]
+    results = []
+    for row in rows:
+        read = read_stage(row)
+        batch = {key: [value] for key, value in read.items()}  # batch_size=1, as map_batches gives it
+        colored = worker(batch)
+        results.append(write_stage({key: values[0] for key, values in colored.items()}, quality=95))
+
+    assert [(r["index"], r["status"]) for r in results] == [(0, DONE), (1, DONE), (2, FAILED)]
+    assert results[1]["reason"] == "240 frames" and "clip failed: no video stream" in results[2]["reason"]
+    assert calls == [("film.mov", 64), ("broken.mov", 64)]
+    assert files(tmp_path / "ray") == files(tmp_path / "local")

@@ -12,9 +12,11 @@ the local run's own per-image code (``read_image``, ``ddcolor.colorize``,
 files are the same bytes.
 
 A job that is not an image (a video, once the video CLI has landed) is one
-row too, but it skips the read and write stages: the actor runs the whole
-file with ``WHOLE_FILE_JOBS[kind](model, job, options)`` and returns its
-Outcome. Register such kinds there; rows say their kind.
+row too, of the kind ``job_kind`` names; it passes through the read and write
+stages, and the model worker runs the whole file with
+``WHOLE_FILE_JOBS[kind](model, job, options)``, which writes it (atomically)
+and returns its Outcome. Register kinds in this module, not at run time: the
+workers import it afresh.
 
 Exactly once: outputs are written under a temporary name and renamed
 (``imageio.atomic_write``), so a file at an output path is always complete.
@@ -40,7 +42,7 @@ from .batch import DONE, EXIT_FAILED, FAILED, Job, Outcome, StopRequest, Summary
 
 INSTALL = 'pip install "comfyui-ddcolor-fp16[ray]"'
 # Jobs that are not images, by kind: fn(model, job, options) -> Outcome, run whole on a model worker.
-WHOLE_FILE_JOBS: dict[str, Callable[..., Outcome]] = {}
+WHOLE_FILE_JOBS: dict[str, Callable[[object, Job, "Options"], Outcome]] = {}
 # Images per Ray Data block: one, so that a dead node costs only the images in flight;
 # past MAX_BLOCKS images blocks grow so the driver's bookkeeping stays small.
 MAX_BLOCKS = 20_000
@@ -240,7 +242,7 @@ def run_pipeline(ray, jobs: list[Job], options: Options, plan: WorkerPlan, weigh
     import ray.data
 
     rows = [
-        {"index": i, "kind": getattr(job, "kind", "image"), "source": os.path.abspath(job.source), "target": os.path.abspath(job.target)}
+        {"index": i, "kind": job_kind(job), "source": os.path.abspath(job.source), "target": os.path.abspath(job.target)}
         for i, job in enumerate(jobs)
     ]
     io = plan.io_resources(ray)
@@ -280,6 +282,11 @@ def run_pipeline(ray, jobs: list[Job], options: Options, plan: WorkerPlan, weigh
         if stop.requested or summary.aborted:
             error = None  # what broke while stopping was the stop: those images count as not started
     return outcomes, error
+
+
+def job_kind(job: Job) -> str:
+    """"image", or the WHOLE_FILE_JOBS kind that handles this job's source."""
+    return "image"
 
 
 def settle(jobs: list[Job], outcomes: dict[int, Outcome], before: dict, error: Exception | None, summary: Summary) -> None:
