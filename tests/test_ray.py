@@ -189,13 +189,18 @@ def test_ray_alone_runs_on_a_local_instance_stops_on_ctrl_c_and_resumes(ray_envi
     assert files(out) == files(tmp_path / "local")
 
 
-def test_a_cluster_run_writes_what_the_local_run_writes(cluster, tmp_path, small_checkpoint, capsys):
+def test_a_cluster_run_writes_what_the_local_run_writes(cluster, tmp_path, small_checkpoint, capsys, monkeypatch):
     """Same files byte for byte, same summary and exit code, a corrupt file reported,
     options (format, quality, suffix) meaning the same."""
+    from ddcolor.cli import ray_runner
+
     folder = tmp_path / "in"
-    make_photos(folder, 3)
+    make_photos(folder, 2)
+    Image.fromarray(photo(72, 120, seed=5)).save(folder / "p2.png")
     Image.fromarray(photo(seed=7)).convert("LA").save(folder / "alpha.png")  # stays PNG with --format jpg
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    # Blocks of several images, as in collections past MAX_BLOCKS: shapes differ within a block.
+    monkeypatch.setattr(ray_runner, "MAX_BLOCKS", 2)
     options = ["--model", small_checkpoint, "--size", 64, "--format", "jpg", "--quality", 80, "--suffix", "_c"]
 
     local_run("colorize", folder, "-o", tmp_path / "local", *options, threads=1)  # each worker holds 1 core
