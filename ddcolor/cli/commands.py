@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", default="png", choices=FORMATS, help="output format (default: %(default)s; images with alpha are always PNG)")
     c.add_argument("--quality", type=int, default=95, help="JPEG quality 1-95 (default: %(default)s)")
     c.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run on a Ray cluster: alone, the local one (started if none runs); or auto, or the head's host:port (needs the ray extra)")
-    c.add_argument("--workers", type=int, metavar="N", help="with --ray: at most N model workers (default: one per GPU, else one per CPU core that memory allows)")
+    c.add_argument("--workers", type=int, metavar="N", help="with --ray: at most N model workers (default: one per GPU; on CPUs one per node, N splits the cores N ways)")
 
     d = commands.add_parser("download", help="fetch published models ahead of time", description="Download published DDColor checkpoints into the models folder.")
     d.set_defaults(command=cmd_download)
