@@ -141,7 +141,7 @@ def test_ray_alone_runs_on_a_local_instance_stops_on_ctrl_c_and_resumes(ray_envi
     stopped with the run. Ctrl-C stops the run with complete files only and an honest
     count; the same command with --skip-existing then does exactly what is missing, and
     the files are those of the local run (the one worker owns every core, as it does)."""
-    count = 8
+    count = 12
     folder = tmp_path / "in"
     make_photos(folder, count, 320, 240)
     out = tmp_path / "out"
@@ -220,7 +220,7 @@ def test_a_node_killed_mid_run_loses_nothing_and_does_nothing_twice(cluster, ray
     """SIGKILL the node whose worker is colorizing, mid-run: Ray restarts the worker on
     the other node and retries what was lost; every image ends up written once, whole,
     as the local run writes it, and the summary counts each once."""
-    count = 10
+    count = 16
     folder = tmp_path / "in"
     make_photos(folder, count, 320, 240)
     out = tmp_path / "out"
