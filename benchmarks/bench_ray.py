@@ -28,6 +28,7 @@ import argparse
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,7 @@ def main() -> None:
             results[label] = run(label, [*base, "-o", str(out), *extra], out, args.count, env)
     finally:
         cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
     local, one, two = results["local"], results["ray, 1 worker"], results["ray, 2 workers"]
     print(
         f"Ray adds {1 / one['rate'] - 1 / local['rate']:+.3f} s per image (1 worker against local, same cores and threads) "
