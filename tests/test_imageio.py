@@ -193,3 +193,23 @@ def test_write_bytes_is_atomic_and_creates_folders(tmp_path):
     path = write_bytes(tmp_path / "a" / "b" / "x.png", b"data")
     assert path.read_bytes() == b"data"
     assert not list(path.parent.glob(f"*{imageio.TEMP_SUFFIX}"))
+
+
+def test_uint8_pixels_are_written_as_they_are(tmp_path):
+    """A caller that converted with to_uint8 already (the Ray workers) writes the same bytes."""
+    colored = np.random.default_rng(0).random((16, 24, 3), dtype=np.float32)
+    write_image(tmp_path / "float.png", colored)
+    write_image(tmp_path / "uint8.png", imageio.to_uint8(colored))
+    assert (tmp_path / "float.png").read_bytes() == (tmp_path / "uint8.png").read_bytes()
+
+
+def test_temporaries_left_by_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    target = tmp_path / "p.v2_color.png"
+    target.write_bytes(b"complete")
+    stale = [tmp_path / ".p.v2_color.png.k3j_9x2a.part", tmp_path / ".p.v2_color.png.0abc_def.part"]
+    kept = [tmp_path / ".other_color.png.k3j_9x2a.part", tmp_path / "p.v2_color.png.part", tmp_path / ".p.v2_color.png"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    assert imageio.remove_temporaries([target, tmp_path / "missing" / "q.png"]) == 2
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept) and target.read_bytes() == b"complete"

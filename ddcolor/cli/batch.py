@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import re
 import signal
 import sys
 import threading
@@ -43,6 +44,21 @@ class Outcome:
 
 
 # ----------------------------------------------------------------------------- inputs and outputs
+
+
+# scheme://... as argparse's Path leaves it (scheme:/...); two letters at least, so C:/ stays a path.
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
+def refuse_uris(*paths) -> None:
+    """Inputs and outputs are files on a file system (for a cluster, one every machine sees):
+    an object-storage URL would otherwise be read as a missing file or a local folder named s3:."""
+    for path in paths:
+        if path is not None and URI.match(str(path)):
+            raise UsageError(
+                f"{path}: URLs are not supported, only paths; mount the bucket or share (s3fs, rclone mount, NFS) "
+                "and give its path, the same on every machine of a cluster"
+            )
 
 
 def find_inputs(patterns: list[str], *, recursive: bool = False, extensions: set[str] | None = None) -> list[tuple[Path, Path]]:

@@ -33,6 +33,7 @@ from .batch import (
     logging_through,
     find_inputs,
     plan_jobs,
+    refuse_uris,
 )
 
 PRESETS = {"person": 640, "building": 1024}
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", default="png", choices=FORMATS, help="output format (default: %(default)s; images with alpha are always PNG)")
     c.add_argument("--quality", type=int, default=95, help="JPEG quality 1-95 (default: %(default)s)")
     add_video_options(c)
+    c.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run on a Ray cluster: alone, the local one (started if none runs); or auto, or the head's host:port (needs the ray extra)")
+    c.add_argument("--workers", type=int, metavar="N", help="with --ray: at most N model workers (default: one per GPU; on CPUs one per node, N splits the cores N ways)")
 
     d = commands.add_parser("download", help="fetch published models ahead of time", description="Download published DDColor checkpoints into the models folder.")
     d.set_defaults(command=cmd_download)
@@ -131,11 +134,18 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 
     summary = Summary()
     size = args.size or PRESETS.get(args.preset, DEFAULT_SIZE)
+    refuse_uris(*args.inputs, args.output)
     clip_options = video_options(args)
     jobs, decided = plan_colorize_jobs(args)
-    device = resolve_device(args.device)
     for outcome in decided:
         summary.add(outcome)
+    if args.ray is not None:  # each worker picks its own device; the driver needs none
+        from .ray_runner import colorize_on_ray
+
+        return colorize_on_ray(args, jobs, decided, summary, size=size)
+    if args.workers is not None:
+        raise UsageError("--workers applies to --ray runs; a local run has one model")
+    device = resolve_device(args.device)
     if not jobs:
         summary.report()
         return summary.exit_code()
@@ -465,6 +475,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs {args.jobs}: use 1 or more")
     workflow, input_node = load_workflow(args.workflow, args.input_node)
     summary = Summary()
+    refuse_uris(*args.inputs, args.output)
     inputs = find_inputs(args.inputs, recursive=args.recursive)
     # The server picks the file type; PNG is what SaveImage writes.
     jobs, decided = plan_jobs(

@@ -103,7 +103,7 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, *, quality: int = 95) -> Path:
-    """Write (H, W, 3 or 4) float [0, 1] to ``path`` (.png, .jpg or .jpeg) atomically.
+    """Write (H, W, 3 or 4) float [0, 1] (or uint8 from ``to_uint8``) to ``path`` (.png, .jpg or .jpeg) atomically.
 
     The format follows the extension. JPEG has no alpha: a 4-channel image
     raises ValueError (the caller decides; the CLI writes such images as PNG).
@@ -114,7 +114,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, quality: int = 95
         raise ValueError(f"{path}: can only write {', '.join(WRITE_FORMATS)} files")
     if fmt == "JPEG" and array.shape[-1] == 4:
         raise ValueError(f"{path}: JPEG cannot store the alpha channel; write a .png instead")
-    pixels = to_uint8(array)
+    pixels = array if array.dtype == np.uint8 else to_uint8(array)
     image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     options = {"quality": quality} if fmt == "JPEG" else PNG_OPTIONS
     return atomic_write(path, lambda f: image.save(f, format=fmt, **options))
@@ -158,3 +158,26 @@ def atomic_path(path: Path) -> Iterator[Path]:
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_temporaries(paths) -> int:
+    """Delete the temporary files that ``atomic_write`` calls to ``paths`` left behind
+    when their process was killed mid-write; returns how many. Only for when no
+    writer of these paths is running (e.g. after a run has ended)."""
+    by_folder: dict[Path, set[str]] = {}
+    for path in map(Path, paths):
+        by_folder.setdefault(path.parent, set()).add(path.name)
+    removed = 0
+    for folder, names in by_folder.items():
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.startswith(".") and entry.endswith(TEMP_SUFFIX) and entry[1:].rsplit(".", 2)[0] in names:
+                try:
+                    os.unlink(folder / entry)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
