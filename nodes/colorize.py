@@ -12,10 +12,7 @@ import time
 
 from ..ddcolor import PRECISIONS, PUBLISHED, activation_bytes, colorize, load_model, snap_size
 from ..ddcolor.precision import resolve_precision
-try:
-    from ..ddcolor.temporal import RECOMMENDED_STRENGTH
-except ImportError:  # TEMPORARY until branch `temporal` is merged (API.md's placeholder)
-    RECOMMENDED_STRENGTH = 0.6
+from ..ddcolor.temporal import RECOMMENDED_STRENGTH
 from .models import DEFAULT_MODEL, FOLDER_NAME, ModelCache, cache_key, locate_checkpoint, model_choices
 
 log = logging.getLogger("ddcolor")
@@ -36,9 +33,11 @@ DESCRIPTION = (
 TOOLTIPS = {
     "image": "Photos to colorize: any size, grayscale or color (only the lightness is used).",
     "precision": (
-        "fp16: half the memory and fastest on NVIDIA GPUs; sensitive layers stay fp32. "
-        "bf16: for GPUs and CPUs with fast bfloat16. fp32: the reference. auto: the fastest for your device. "
-        "A precision your device runs slowly (fp16 on a CPU) runs as the closest fast one instead (bf16 on CPUs with AMX, else fp32) and the log says so."
+        "fp16: half the memory and fastest on NVIDIA GPUs; sensitive layers stay fp32, colors match fp32 closely. "
+        "bf16: for GPUs and CPUs with fast bfloat16; about 1-2 ab units off fp32. fp32: the reference. "
+        "auto: the fastest faithful choice for your device. On a CPU, fp16 and auto run as mixed (bf16 only in the "
+        "encoder's heaviest layers, as faithful as fp16) where the CPU has bf16 units (AMX or AVX-512 bf16), "
+        "else as fp32, and the log says so."
     ),
     "size": (
         "Working resolution the network sees (a square, multiple of 32); the output keeps the input's size. "

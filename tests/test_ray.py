@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from ddcolor.cli import main
 from ddcolor.cli.batch import DONE, FAILED, Job, Outcome, Summary
 from tests.test_cli import photo
+from tests.test_video_cli import probe, write_clip
 
 REPO = Path(__file__).resolve().parent.parent
 # Ray binds every node to the machine's network address unless told it is a
@@ -199,6 +201,7 @@ def test_a_cluster_run_writes_what_the_local_run_writes(cluster, tmp_path, small
     Image.fromarray(photo(72, 120, seed=5)).save(folder / "p2.png")
     Image.fromarray(photo(seed=7)).convert("LA").save(folder / "alpha.png")  # stays PNG with --format jpg
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    write_clip(folder / "film.mp4", frames=6)  # a video is one task: the whole clip on one worker
     # Blocks of several images, as in collections past MAX_BLOCKS: shapes differ within a block.
     monkeypatch.setattr(ray_runner, "MAX_BLOCKS", 2)
     options = ["--model", small_checkpoint, "--size", 64, "--format", "jpg", "--quality", 80, "--suffix", "_c"]
@@ -208,9 +211,17 @@ def test_a_cluster_run_writes_what_the_local_run_writes(cluster, tmp_path, small
     assert run("colorize", folder, "-o", tmp_path / "ray", *options, "--ray", cluster.address) == 1
     captured = capsys.readouterr()
 
-    assert files(tmp_path / "ray") == files(tmp_path / "local")
-    assert sorted(files(tmp_path / "ray")) == ["alpha_c.png", "p0_c.jpg", "p1_c.jpg", "p2_c.jpg"]
-    assert "colorized 4, skipped 0, failed 1" in captured.out
+    ray_files, local_files = files(tmp_path / "ray"), files(tmp_path / "local")
+    assert sorted(ray_files) == ["alpha_c.png", "film_c.mp4", "p0_c.jpg", "p1_c.jpg", "p2_c.jpg"]
+    assert {k: v for k, v in ray_files.items() if not k.endswith(".mp4")} == {
+        k: v for k, v in local_files.items() if not k.endswith(".mp4")
+    }
+    # The video: the same frames (H.264's bytes may depend on the encoder's threads), sound kept.
+    on_ray, local = probe(tmp_path / "ray" / "film_c.mp4"), probe(tmp_path / "local" / "film_c.mp4")
+    assert on_ray["frames"].shape == local["frames"].shape == (6, 48, 64, 3)
+    assert np.abs(on_ray["frames"].astype(int) - local["frames"]).max() <= 2
+    assert len(on_ray["audio"]) == 1
+    assert "colorized 5, skipped 0, failed 1" in captured.out
     assert f"failed: {folder / 'corrupt.png'}: cannot decode" in captured.out
     assert "written as alpha_c.png to keep its alpha channel" in captured.out
     assert "CPU worker(s) of 1 core(s)" in captured.err

@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--size", type=int, help=f"working resolution of the network, a multiple of 32 (default: {DEFAULT_SIZE})")
     size.add_argument("--preset", choices=PRESETS, help="; ".join(f"{k}: size {v}" for k, v in PRESETS.items()))
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    c.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: %(default)s: fp16 on a GPU; on a CPU bf16 where it has AMX units, else fp32)")
-    c.add_argument("--strict-precision", action="store_true", help="run --precision even where it is slow (fp16 on a CPU)")
+    c.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: %(default)s: fp16 on a GPU; on a CPU mixed, bf16 only in the heaviest layers, where it has AMX or AVX-512 bf16 units, else fp32)")
+    c.add_argument("--strict-precision", action="store_true", help="run --precision even where it is slow (fp16 on a CPU is emulated)")
     c.add_argument("--format", default="png", choices=FORMATS, help="output format (default: %(default)s; images with alpha are always PNG)")
     c.add_argument("--quality", type=int, default=95, help="JPEG quality 1-95 (default: %(default)s)")
     add_video_options(c)
@@ -142,7 +142,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     if args.ray is not None:  # each worker picks its own device; the driver needs none
         from .ray_runner import colorize_on_ray
 
-        return colorize_on_ray(args, jobs, decided, summary, size=size)
+        return colorize_on_ray(args, jobs, decided, summary, size=size, clip=clip_options)
     if args.workers is not None:
         raise UsageError("--workers applies to --ray runs; a local run has one model")
     device = resolve_device(args.device)

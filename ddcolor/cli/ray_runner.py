@@ -58,9 +58,12 @@ class Options:
     strict_precision: bool
     size: int
     quality: int
+    clip: object = None  # video.ClipOptions for video jobs (stabilization, quality, sequence fps)
 
 
-def colorize_on_ray(args: argparse.Namespace, jobs: list[Job], decided: list[Outcome], summary: Summary, *, size: int) -> int:
+def colorize_on_ray(
+    args: argparse.Namespace, jobs: list[Job], decided: list[Outcome], summary: Summary, *, size: int, clip=None
+) -> int:
     """Run ``jobs`` on the Ray cluster named by ``args.ray``; fill ``summary`` as the local run does."""
     address = args.ray
     if address not in ("", "auto") and Path(address).exists():
@@ -88,8 +91,8 @@ def colorize_on_ray(args: argparse.Namespace, jobs: list[Job], decided: list[Out
     joined = connect(ray, address)
     try:
         plan = plan_workers(ray, device, args.workers, checkpoint, size)
-        print(f"{len(jobs)} image(s) on {joined}: {plan.describe()}, model {args.model}, size {size}", file=sys.stderr, flush=True)
-        options = Options(checkpoint.path.name, plan.device, args.precision, args.strict_precision, size, args.quality)
+        print(f"{len(jobs)} file(s) on {joined}: {plan.describe()}, model {args.model}, size {size}", file=sys.stderr, flush=True)
+        options = Options(checkpoint.path.name, plan.device, args.precision, args.strict_precision, size, args.quality, clip)
         weights = ray.put(checkpoint.data)
         outcomes, error = run_pipeline(ray, jobs, options, plan, weights, summary)
     finally:
@@ -286,7 +289,21 @@ def run_pipeline(ray, jobs: list[Job], options: Options, plan: WorkerPlan, weigh
 
 def job_kind(job: Job) -> str:
     """"image", or the WHOLE_FILE_JOBS kind that handles this job's source."""
-    return "image"
+    from .video import is_clip
+
+    return "video" if is_clip(job) else "image"
+
+
+def colorize_video_job(model, job: Job, options: Options) -> Outcome:
+    """A whole clip (or frame folder) on one model worker, stabilization state and all, as the local run does it."""
+    from .video import colorize_clip
+
+    # A StopRequest never entered never asks to stop: on a cluster Ctrl-C reaches the driver, not the workers.
+    return colorize_clip(model, job, size=options.size, options=options.clip, stop=StopRequest(), summary=Summary(), write=print)
+
+
+# Registered at import, so that every worker process has it.
+WHOLE_FILE_JOBS["video"] = colorize_video_job
 
 
 def settle(jobs: list[Job], outcomes: dict[int, Outcome], before: dict, error: Exception | None, summary: Summary) -> None:
