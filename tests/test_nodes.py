@@ -51,6 +51,7 @@ print(json.dumps({
     "nodes": pack.NODE_CLASS_MAPPINGS and list(pack.NODE_CLASS_MAPPINGS),
     "display": pack.NODE_DISPLAY_NAME_MAPPINGS,
     "modules": sorted(m for m in sys.modules if m in ("nodes", "folder_paths", "comfy", "huggingface_hub")),
+    "heavy": sorted({m.split(".")[0] for m in sys.modules} & {"cv2", "av", "ray", "spandrel", "torchvision", "PIL", "safetensors"}),
 }))
 """
 
@@ -67,7 +68,12 @@ def test_pack_import_is_fast_and_has_no_side_effects(tmp_path):
     assert facts["display"] == {NODE: "DDColor Colorize"}
     # Not ComfyUI's top-level `nodes`, no ComfyUI module, and no downloader until a download happens.
     assert facts["modules"] == []
-    assert facts["seconds"] < 2.0, f"import took {facts['seconds']:.2f} s"
+    # What makes an import slow is importing heavy libraries (video, clusters,
+    # image codecs) or building models (refused above); none may happen.
+    assert facts["heavy"] == []
+    # A bound only for a pathological import: measured 0.13-0.19 s with load
+    # average 20 on 2 cores (AMD EPYC Zen 3); a busy CI machine must not fail it.
+    assert facts["seconds"] < 10.0, f"import took {facts['seconds']:.2f} s"
 
 
 def test_mappings_point_at_the_node_class():
