@@ -328,7 +328,7 @@ def test_chinese_locale_is_translated():
 
 
 def test_requirements_match_the_runtime_dependencies_without_torch():
-    import tomllib
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     listed = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
@@ -344,7 +344,7 @@ def test_weights_readme_lists_every_published_checkpoint():
 
 
 def test_pack_does_not_install_nodes_as_a_top_level_package():
-    import tomllib
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
 
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "nodes" not in setuptools.get("packages", [])
