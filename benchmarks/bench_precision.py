@@ -15,12 +15,19 @@ slow, on CPUs without native half units; the numbers do not depend on speed.
 
     python benchmarks/bench_precision.py                          # tiny and large, 512, every recipe
     python benchmarks/bench_precision.py --variants tiny --size 384 --recipes none stage2
+
+``--splits`` instead measures where ``mixed`` may use bf16: each candidate
+holds the MLPs of the named ConvNeXt stages in bf16 and everything else in
+fp32, on the calibrated checkpoints (how ``MIXED_BF16_STAGES`` was chosen):
+
+    python benchmarks/bench_precision.py --splits 0123 2 3 23
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -32,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_engine import machine  # noqa: E402
 from ddcolor.checkpoint import model_from_state_dict  # noqa: E402
+from ddcolor import precision  # noqa: E402
 from ddcolor.precision import apply_precision  # noqa: E402
 from tests.calibrated import FIXTURES, STRESS_RECIPES, stressed  # noqa: E402
 from tests.conftest import calibrated_checkpoint  # noqa: E402
@@ -65,20 +73,47 @@ def run(state: dict, x: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
         logger.removeHandler(watch)
 
 
+def split_rows(variant: str, x: torch.Tensor, splits: list[str]) -> None:
+    """One row per split: bf16 in the MLPs of the stages it names, fp32 elsewhere."""
+    state = load_state(calibrated_checkpoint(variant))
+    reference = model_from_state_dict(dict(state))(x)
+    base_colorfulness = colorfulness_of(x, reference)
+    chosen = precision._MIXED_BF16_MODULES
+    for stages in splits:
+        precision._MIXED_BF16_MODULES = re.compile(rf"encoder\.arch\.stages\.[{stages}]\.\d+\.pwconv[12]")
+        try:
+            ab = apply_precision(model_from_state_dict(dict(state)), "mixed")(x)
+        finally:
+            precision._MIXED_BF16_MODULES = chosen
+        diff = (ab - reference).abs()
+        shift = colorfulness_of(x, ab) / base_colorfulness - 1
+        label = ", ".join(stages) + (" (the chosen split)" if tuple(map(int, stages)) == precision.MIXED_BF16_STAGES else "")
+        print(f"| {variant} | {label} | {diff.mean():.3f} | {diff.max():.2f} | {shift:+.2%} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["tiny", "large"])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--recipes", nargs="+", default=["none", *STRESS_RECIPES], help="none and/or stress recipes")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    parser.add_argument("--splits", nargs="+", metavar="STAGES", help="candidate mixed splits, e.g. 23 (stages 2 and 3)")
     args = parser.parse_args()
+    if args.splits and not all(re.fullmatch(r"[0-3]+", s) for s in args.splits):
+        parser.error("--splits takes ConvNeXt stage digits 0-3, e.g. --splits 0123 23")
     warnings.simplefilter("ignore")
     photos = sorted(p for p in FIXTURES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     x = fixture_inputs(photos, args.size)
     print(f"{len(photos)} fixture photos at {args.size}; {machine('cpu')}\n")
+    torch.set_grad_enabled(False)
+    if args.splits:
+        print("| variant | stages with bf16 MLPs | mean abs ab diff | max abs ab diff | colorfulness vs fp32 |")
+        print("|---|---|---|---|---|")
+        for variant in args.variants:
+            split_rows(variant, x, args.splits)
+        return
     print("| variant | checkpoint | run | finite | mean abs ab diff | max abs ab diff | colorfulness vs fp32 |")
     print("|---|---|---|---|---|---|---|")
-    torch.set_grad_enabled(False)
     for variant in args.variants:
         base = load_state(calibrated_checkpoint(variant))
         for recipe in args.recipes:
