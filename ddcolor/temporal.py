@@ -9,7 +9,9 @@ ab is scaled up to the frame:
 1. estimate the motion from the previous frame on lightness, both ways
    (OpenCV's DIS optical flow), after matching the previous frame's exposure
    to this one's;
-2. carry the previous frame's *stabilized* ab along that motion;
+2. carry the previous frame's *stabilized* ab along that motion, its chroma
+   scaled with the change of mean lightness (a fade to black fades colors,
+   and a fast fade lowers the trust in carried colors);
 3. trust the carried colors per pixel only where the motion is trustworthy:
    the backward and forward flows agree, and the previous frame's lightness,
    moved along the motion, matches this frame's. Occlusions, content entering
@@ -41,18 +43,19 @@ from torch import Tensor
 
 # The strength the video preset and the command line use (the benchmark,
 # benchmarks/bench_temporal.py, shows why).
-RECOMMENDED_STRENGTH = 0.6
+RECOMMENDED_STRENGTH = 0.9
 
 # Share of the carried colors kept at strength 1 where tracking is fully
-# trusted; below 1 so colors keep following the model (memory ~10 frames).
-MAX_CARRY = 0.9
+# trusted; below 1 so colors keep following the model (memory ~20 frames).
+MAX_CARRY = 0.95
 
 # Confidence checks. Each is a ramp: full trust up to the tolerance, none
 # beyond twice the tolerance, linear in between (no hard seams).
 # Forward-backward consistency: how far a pixel lands from where it started
 # after following the backward flow and then the forward flow, in pixels of
 # the flow's resolution (FLOW_SIZE): this much plus a share of the motion's
-# length (the form of Sundaram et al., ECCV 2010).
+# length (the form of Sundaram et al., ECCV 2010). Tight: looser tolerances
+# let the colors of a moving object smear over the background it uncovers.
 FB_TOLERANCE_PX = 0.5
 FB_TOLERANCE_RELATIVE = 0.05
 # Lightness agreement: |L - warped previous L| after exposure matching, in L
@@ -63,6 +66,13 @@ LIGHTNESS_BLUR_SIGMA = 1.0
 # Pixels this close to an untrusted one (pixels of the flow's resolution)
 # are not trusted either: flow is smooth across object edges.
 TRUST_MARGIN_PX = 2
+# Fades and exposure changes: carried chroma is scaled by the change of the
+# frame's mean L + 16 (in CIELAB both a, b and L + 16 scale as the cube root
+# of the light), by at most MAX_FADE_GAIN either way, and carried colors are
+# trusted less, by that ratio (or its inverse) to FADE_TRUST_POWER, so that
+# colors follow a fast fade instead of lagging behind it.
+MAX_FADE_GAIN = 2.0
+FADE_TRUST_POWER = 1.0
 # The chroma-keeping blend gains a mix's chroma by at most this much.
 MAX_CHROMA_GAIN = 2.0
 # A frame restarts from its prediction when fewer than this share of its
@@ -165,12 +175,14 @@ def stabilize(lightness: Tensor, ab: Tensor, state: TemporalState, strength: flo
             if tracked is None:
                 state.cuts.append(state.frames)
             else:
-                trust, map_x, map_y = tracked
+                trust, map_x, map_y, fade = tracked
                 # Chroma travels as its own channel: resampling averages
                 # neighbouring ab vectors, which would gray out fine detail.
                 previous = np.dstack((state._ab, _norm(state._ab)))
                 carried = cv2.remap(previous, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                result = blend(carried, predicted, (strength * MAX_CARRY) * trust)
+                carried *= fade
+                fade_trust = min(fade, 1 / fade) ** FADE_TRUST_POWER
+                result = blend(carried, predicted, (strength * MAX_CARRY * fade_trust) * trust)
         out[i] = result
         state._lightness, state._ab = current_l, result
         state.frames += 1
@@ -192,14 +204,18 @@ def blend(carried: np.ndarray, predicted: np.ndarray, weight: np.ndarray) -> np.
     return mixed * gain[..., None]
 
 
-def track(flow, previous_l: np.ndarray, current_l: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Per-pixel trust (0..1) in the motion from the previous frame, and where each pixel came from.
+def track(flow, previous_l: np.ndarray, current_l: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+    """Per-pixel trust (0..1) in the motion from the previous frame, where each pixel came from, and the fade.
 
-    Takes L (S, S) of both frames; returns ``(trust, map_x, map_y)``, each
-    (S, S) float32, or None when the frame cannot be tracked from the previous
-    one (scene cut, flat frame). Motion is estimated at FLOW_SIZE at most.
+    Takes L (S, S) of both frames; returns ``(trust, map_x, map_y, fade)``,
+    the first three (S, S) float32, ``fade`` the ratio of the frames' mean
+    L + 16 (current / previous, within MAX_FADE_GAIN), or None when the frame cannot
+    be tracked from the previous one (scene cut, flat frame). Motion is
+    estimated at FLOW_SIZE at most.
     """
     import cv2
+
+    fade = float(np.clip((current_l.mean() + 16) / (previous_l.mean() + 16), 1 / MAX_FADE_GAIN, MAX_FADE_GAIN))
 
     size = current_l.shape[0]
     if size > FLOW_SIZE:
@@ -212,7 +228,7 @@ def track(flow, previous_l: np.ndarray, current_l: np.ndarray) -> tuple[np.ndarr
         trust = cv2.resize(trust, (size, size), interpolation=cv2.INTER_LINEAR)
         backward = cv2.resize(backward, (size, size), interpolation=cv2.INTER_LINEAR) * (size / FLOW_SIZE)
     grid_x, grid_y = _grid(size, size)
-    return trust, grid_x + backward[..., 0], grid_y + backward[..., 1]
+    return trust, grid_x + backward[..., 0], grid_y + backward[..., 1], fade
 
 
 def _track_at_flow_size(flow, previous_l: np.ndarray, current_l: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
