@@ -66,9 +66,9 @@ LIGHTNESS_BLUR_SIGMA = 1.0
 # Pixels this close to an untrusted one (pixels of the flow's resolution)
 # are not trusted either: flow is smooth across object edges.
 TRUST_MARGIN_PX = 2
-# Fades and exposure changes: carried chroma is scaled by the change of the
-# frame's mean L + 16 (in CIELAB both a, b and L + 16 scale as the cube root
-# of the light), by at most MAX_FADE_GAIN either way, and carried colors are
+# Fades and exposure changes: carried chroma is scaled by the change of
+# L + 16 of the tracked content (in CIELAB both a, b and L + 16 scale as the
+# cube root of the light), by at most MAX_FADE_GAIN either way, and carried colors are
 # trusted less, by that ratio (or its inverse) to FADE_TRUST_POWER, so that
 # colors follow a fast fade instead of lagging behind it.
 MAX_FADE_GAIN = 2.0
@@ -208,14 +208,12 @@ def track(flow, previous_l: np.ndarray, current_l: np.ndarray) -> tuple[np.ndarr
     """Per-pixel trust (0..1) in the motion from the previous frame, where each pixel came from, and the fade.
 
     Takes L (S, S) of both frames; returns ``(trust, map_x, map_y, fade)``,
-    the first three (S, S) float32, ``fade`` the ratio of the frames' mean
-    L + 16 (current / previous, within MAX_FADE_GAIN), or None when the frame cannot
-    be tracked from the previous one (scene cut, flat frame). Motion is
-    estimated at FLOW_SIZE at most.
+    the first three (S, S) float32, ``fade`` how much brighter the tracked
+    content got (ratio of L + 16, within MAX_FADE_GAIN), or None when the
+    frame cannot be tracked from the previous one (scene cut, flat frame).
+    Motion is estimated at FLOW_SIZE at most.
     """
     import cv2
-
-    fade = float(np.clip((current_l.mean() + 16) / (previous_l.mean() + 16), 1 / MAX_FADE_GAIN, MAX_FADE_GAIN))
 
     size = current_l.shape[0]
     if size > FLOW_SIZE:
@@ -223,7 +221,7 @@ def track(flow, previous_l: np.ndarray, current_l: np.ndarray) -> tuple[np.ndarr
     tracked = _track_at_flow_size(flow, previous_l, current_l)
     if tracked is None:
         return None
-    trust, backward = tracked
+    trust, backward, fade = tracked
     if size > FLOW_SIZE:
         trust = cv2.resize(trust, (size, size), interpolation=cv2.INTER_LINEAR)
         backward = cv2.resize(backward, (size, size), interpolation=cv2.INTER_LINEAR) * (size / FLOW_SIZE)
@@ -231,8 +229,8 @@ def track(flow, previous_l: np.ndarray, current_l: np.ndarray) -> tuple[np.ndarr
     return trust, grid_x + backward[..., 0], grid_y + backward[..., 1], fade
 
 
-def _track_at_flow_size(flow, previous_l: np.ndarray, current_l: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Trust and backward flow (current pixel -> where it was) at the size of the inputs."""
+def _track_at_flow_size(flow, previous_l: np.ndarray, current_l: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Trust, backward flow (current pixel -> where it was) at the size of the inputs, and the fade."""
     import cv2
 
     current_std, previous_std = float(current_l.std()), float(previous_l.std())
@@ -261,9 +259,14 @@ def _track_at_flow_size(flow, previous_l: np.ndarray, current_l: np.ndarray) -> 
     trust = fb_trust * lightness_trust * inside
     if np.count_nonzero(trust >= 0.5) < CUT_MIN_TRACKED_SHARE * trust.size:
         return None
+    # The fade compares the same content in both frames (the previous frame
+    # moved along the motion, its exposure matching undone), so moving onto
+    # brighter content is not taken for a change of light.
+    warped_previous = (warped - float(current_l.mean())) * (previous_std / current_std) + float(previous_l.mean())
+    fade = float((trust * (smooth_current + 16)).sum() / (trust * (warped_previous + 16)).sum())
     # The rim of every untrusted region: next to an occlusion the flow is
     # wrong but may pass both checks.
-    return cv2.erode(trust, _disk(TRUST_MARGIN_PX)), backward
+    return cv2.erode(trust, _disk(TRUST_MARGIN_PX)), backward, float(np.clip(fade, 1 / MAX_FADE_GAIN, MAX_FADE_GAIN))
 
 
 @functools.lru_cache(maxsize=4)

@@ -291,3 +291,26 @@ def test_importing_the_library_does_not_import_opencv():
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_fade_measures_a_change_of_light_not_a_move_onto_brighter_content():
+    import cv2
+
+    source = 0.5 * scene(1, height=160, width=200) + np.linspace(0, 0.5, 200, dtype=np.float32)  # brighter to the right
+    shift = np.float32([[1, 0, 40], [0, 1, 30]])
+    moved = np.float32([[1, 0, 52], [0, 1, 30]])
+    first, panned = (cv2.warpAffine(source, m, (SIZE, SIZE), flags=cv2.WARP_INVERSE_MAP) for m in (shift, moved))
+    dimmed = first * 0.6
+
+    def lightness(gray):
+        return rgb_to_lab(torch.from_numpy(gray)[None, None].expand(-1, 3, -1, -1))[0, 0].numpy()
+
+    def plus16_ratio(a, b):
+        return (lightness(b).mean() + 16) / (lightness(a).mean() + 16)
+
+    flow = cv2.DISOpticalFlow_create(temporal.DIS_PRESET)
+    *_, fade = temporal.track(flow, lightness(first), lightness(dimmed))
+    assert fade == pytest.approx(plus16_ratio(first, dimmed), abs=0.02) and fade < 0.9
+    *_, fade = temporal.track(flow, lightness(first), lightness(panned))
+    assert plus16_ratio(first, panned) > 1.025  # the frame got brighter on average...
+    assert fade == pytest.approx(1, abs=0.01)  # ...but the light did not change
