@@ -52,13 +52,15 @@ import cv2
 import numpy as np
 import torch
 
-from bench_engine import REPO, checkpoint, machine
-
+REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
 import ddcolor  # noqa: E402
 from ddcolor import temporal  # noqa: E402
 from ddcolor.color import gray_rgb_from_lightness, rgb_to_lab  # noqa: E402
 from ddcolor.pipeline import AB_MAX, AB_MIN  # noqa: E402
+
+from benchmarks.bench_engine import checkpoint, machine  # noqa: E402
 
 FIXTURES = REPO.parent / "shared" / "fixtures"
 PHOTOS = ("haze.jpg", "lr-face.jpg")
