@@ -415,7 +415,9 @@ def test_a_row_flows_through_the_stages_as_on_the_workers(tmp_path, small_checkp
     from ddcolor.cli.ray_runner import ModelWorker, Options, read_stage, write_stage
 
     make_photos(tmp_path / "in", 1)
-    local_run("colorize", tmp_path / "in", "-o", tmp_path / "local", "--model", small_checkpoint, "--size", 64, threads=torch.get_num_threads())
+    # fp32 on both sides: auto is mixed on CPUs with bf16 units, fp32 on others.
+    local_run("colorize", tmp_path / "in", "-o", tmp_path / "local", "--model", small_checkpoint, "--size", 64, "--precision", "fp32",
+              threads=torch.get_num_threads())
     calls = []
 
     def whole_file(model, job, options):
