@@ -175,38 +175,43 @@ def make_clip(kind: str, frames: int, size: int, seed: int = 0) -> Clip:
             continue
         map_x, map_y, valid = motion_map(cameras[t], cameras[t - 1], size)
         if masks is not None:
-            ring = np.ones((5, 5), np.uint8)
-            near_edge = cv2.dilate(masks[t].astype(np.uint8), ring) & ~cv2.erode(masks[t].astype(np.uint8), ring).astype(bool)
+            around, on_object, was_behind = grow(masks[t]), shrink(masks[t]), grow(masks[t - 1])
             (cx, cy), (px, py) = object_path[t], object_path[t - 1]
-            on_object = cv2.erode(masks[t].astype(np.uint8), ring).astype(bool)
             map_x[on_object] -= cx - px
             map_y[on_object] -= cy - py
             # Background that was behind the object in the previous frame was not visible then.
-            was_behind = cv2.dilate(masks[t - 1].astype(np.uint8), ring).astype(bool)
             hidden = was_behind[np.clip(np.rint(map_y), 0, size - 1).astype(int), np.clip(np.rint(map_x), 0, size - 1).astype(int)]
-            valid &= ~near_edge.astype(bool) & (on_object | ~hidden)
-            revealed = masks[t - 1] & ~cv2.dilate(masks[t].astype(np.uint8), ring).astype(bool)
+            near_edge = around & ~on_object
+            valid &= ~near_edge & (on_object | ~hidden)
+            revealed = masks[t - 1] & ~around
         clip.back.append((map_x, map_y, valid))
         clip.revealed.append(revealed)
     return clip
 
 
+def grow(mask: np.ndarray) -> np.ndarray:
+    return cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+
+
+def shrink(mask: np.ndarray) -> np.ndarray:
+    return cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+
+
 # ----------------------------------------------------------------------------- models
 
 
-class Oracle:
-    """True colors plus an error new in every frame: smooth color fields and a cast."""
-
-    def __init__(self, clip: Clip, seed: int = 1, field_std: float = 2.0, cast_std: float = 1.0):
-        rng = np.random.default_rng(seed)
-        self.truth = lab_ab(clip.colors)
-        size = clip.colors.shape[1]
-        errors = []
-        for _ in range(len(clip.colors)):
-            noise = cv2.GaussianBlur(rng.standard_normal((size, size, 2)).astype(np.float32), (0, 0), size / 24)
-            noise *= field_std / noise.std()
-            errors.append(noise + cast_std * rng.standard_normal(2).astype(np.float32))
-        self.predictions = self.truth + np.stack(errors)
+def oracle(clip: Clip, seed: int = 1, field_std: float = 2.0, cast_std: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions (T, S, S, 2): the true ab plus an error new in every frame (smooth color fields and a
+    cast); and the true ab."""
+    rng = np.random.default_rng(seed)
+    truth = lab_ab(clip.colors)
+    size = clip.colors.shape[1]
+    errors = []
+    for _ in range(len(clip.colors)):
+        noise = cv2.GaussianBlur(rng.standard_normal((size, size, 2)).astype(np.float32), (0, 0), size / 24)
+        noise *= field_std / noise.std()
+        errors.append(noise + cast_std * rng.standard_normal(2).astype(np.float32))
+    return truth + np.stack(errors), truth
 
 
 def lab_ab(rgb: np.ndarray) -> np.ndarray:
@@ -214,16 +219,20 @@ def lab_ab(rgb: np.ndarray) -> np.ndarray:
     return rgb_to_lab(torch.from_numpy(rgb).permute(0, 3, 1, 2))[:, 1:].permute(0, 2, 3, 1).numpy()
 
 
-def predict(model, clip: Clip) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Lightness and per-frame ab at the working size, as colorize computes them, and seconds per frame."""
-    lightness = rgb_to_lab(torch.from_numpy(clip.frames).permute(0, 3, 1, 2))[:, :1]
+def frame_lightness(clip: Clip) -> torch.Tensor:
+    """L (T, 1, S, S) of the black-and-white frames, as colorize computes it."""
+    return rgb_to_lab(torch.from_numpy(clip.frames).permute(0, 3, 1, 2))[:, :1]
+
+
+def predict(model, lightness: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Per-frame ab at the working size, as colorize computes it, and seconds per frame."""
     ab, seconds = [], []
     with torch.inference_mode():
         for t in range(len(lightness)):
             start = time.perf_counter()
             ab.append(model(gray_rgb_from_lightness(lightness[t : t + 1])).float().clamp(AB_MIN, AB_MAX))
             seconds.append(time.perf_counter() - start)
-    return lightness, torch.cat(ab), float(np.median(seconds[1:] or seconds))
+    return torch.cat(ab), float(np.median(seconds[1:] or seconds))
 
 
 def stabilized(lightness: torch.Tensor, ab: torch.Tensor, strength: float) -> tuple[np.ndarray, list[int], float]:
@@ -369,12 +378,12 @@ def main() -> None:
         model = None if name == "oracle" else ddcolor.load_model(checkpoint(name), precision=args.precision)
         rows, stabilize_seconds, model_seconds = [], [], []
         for kind, clip in clips.items():
+            lightness = frame_lightness(clip)
             if model is None:
-                oracle = Oracle(clip)
-                lightness = rgb_to_lab(torch.from_numpy(clip.frames).permute(0, 3, 1, 2))[:, :1]
-                ab, truth = torch.from_numpy(oracle.predictions).permute(0, 3, 1, 2).contiguous(), oracle.truth
+                predictions, truth = oracle(clip)
+                ab = torch.from_numpy(predictions).permute(0, 3, 1, 2).contiguous()
             else:
-                lightness, ab, seconds = predict(model, clip)
+                ab, seconds = predict(model, lightness)
                 model_seconds.append(seconds)
                 truth = None
             per_frame = ab.permute(0, 2, 3, 1).numpy()

@@ -10,8 +10,8 @@ ab is scaled up to the frame:
    (OpenCV's DIS optical flow), after matching the previous frame's exposure
    to this one's;
 2. carry the previous frame's *stabilized* ab along that motion, its chroma
-   scaled with the change of mean lightness (a fade to black fades colors,
-   and a fast fade lowers the trust in carried colors);
+   scaled with the change of light on the tracked content (a fade to black
+   fades colors, and a fast fade lowers the trust in carried colors);
 3. trust the carried colors per pixel only where the motion is trustworthy:
    the backward and forward flows agree, and the previous frame's lightness,
    moved along the motion, matches this frame's. Occlusions, content entering
@@ -68,9 +68,9 @@ LIGHTNESS_BLUR_SIGMA = 1.0
 TRUST_MARGIN_PX = 2
 # Fades and exposure changes: carried chroma is scaled by the change of
 # L + 16 of the tracked content (in CIELAB both a, b and L + 16 scale as the
-# cube root of the light), by at most MAX_FADE_GAIN either way, and carried colors are
-# trusted less, by that ratio (or its inverse) to FADE_TRUST_POWER, so that
-# colors follow a fast fade instead of lagging behind it.
+# cube root of the light), by at most MAX_FADE_GAIN either way, and carried
+# colors are trusted less, by that ratio (or its inverse) to
+# FADE_TRUST_POWER, so that colors follow a fast fade instead of lagging.
 MAX_FADE_GAIN = 2.0
 FADE_TRUST_POWER = 1.0
 # The chroma-keeping blend gains a mix's chroma by at most this much.
