@@ -426,9 +426,10 @@ def download(
             passed_over.append(f"{site.label} cannot be reached ({site.url(entry)}: {type(e).__name__}: {e})")
             last_error = e
     raise DownloadError(
-        f"could not download {entry.filename}: {'; '.join(passed_over)}. Both Hugging Face and ModelScope serve "
-        f"DDColor: {HUGGING_FACE.endpoint_variable} selects a Hugging Face mirror, {MODELSCOPE.endpoint_variable} "
-        f"another ModelScope address, and DDCOLOR_SOURCE=huggingface, modelscope or auto which are tried. {by_hand}"
+        f"could not download {entry.filename}: {'; '.join(passed_over)}. Check the connection or proxy; "
+        f"{HUGGING_FACE.endpoint_variable} selects a Hugging Face mirror, {MODELSCOPE.endpoint_variable} another "
+        "ModelScope address, and DDCOLOR_SOURCE=huggingface, modelscope or auto which sources are tried "
+        f"(auto: Hugging Face, then ModelScope, which has only {', '.join(n for n, e in PUBLISHED.items() if MODELSCOPE.has(e))}). {by_hand}"
     ) from last_error
 
 
