@@ -354,6 +354,8 @@ def test_weights_readme_lists_every_published_checkpoint():
     text = (REPO / "weights" / "README.md").read_text()
     for entry in engine.PUBLISHED.values():
         assert f"`{entry.name}`" in text and f"https://huggingface.co/{entry.repo_id}/resolve/main/{entry.filename}" in text
+        if entry.modelscope:
+            assert "https://www.modelscope.cn/api/v1/models/{}/repo?Revision=master&FilePath={}".format(*entry.modelscope) in text
         assert entry.variant in text
 
 
