@@ -17,22 +17,27 @@ missing is an error that names the file.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
 import torch
 from torch import Tensor
 
 from .model import DDColor, DDColorConfig
 
+log = logging.getLogger("ddcolor")
+
 # Keys that the published .pth files carry but the network never used; the
 # original code only got rid of them by loading with strict=False.
 IGNORED_KEYS = ("encoder.arch.head_cls.weight", "encoder.arch.head_cls.bias")
 HF_ENDPOINT = "https://huggingface.co"
+MODELSCOPE_ENDPOINT = "https://www.modelscope.cn"
 
 
 class CheckpointError(ValueError):
@@ -42,14 +47,15 @@ class CheckpointError(ValueError):
 @dataclass(frozen=True)
 class PublishedCheckpoint:
     name: str
-    repo_id: str
-    filename: str
+    repo_id: str  # on Hugging Face
+    filename: str  # its file there, and the name it is saved under
     variant: str
     description: str
+    modelscope: tuple[str, str] | None = None  # (model id, file) where ModelScope has a copy
 
-    def url(self, endpoint: str | None = None) -> str:
-        base = (endpoint or os.environ.get("HF_ENDPOINT") or HF_ENDPOINT).rstrip("/")
-        return f"{base}/{self.repo_id}/resolve/main/{self.filename}"
+    def url(self, source: str | None = None) -> str:
+        """Where the file is fetched from first: on the first of ``download_sources(source)`` that has it."""
+        return next((s for s in download_sources(source) if s.has(self)), HUGGING_FACE).url(self)
 
 
 PUBLISHED: dict[str, PublishedCheckpoint] = {
@@ -58,6 +64,9 @@ PUBLISHED: dict[str, PublishedCheckpoint] = {
         PublishedCheckpoint(
             "ddcolor_modelscope", "piddnad/DDColor-models", "ddcolor_modelscope.pth", "large",
             "ImageNet, BigColor-style data cleaning; the authors' default for photos outside ImageNet",
+            # The authors' ModelScope model (piddnad/DDColor README, "Inference with ModelScope"),
+            # which the modelscope library also uses for its image-colorization pipeline.
+            modelscope=("damo/cv_ddcolor_image-colorization", "pytorch_model.pt"),
         ),
         PublishedCheckpoint(
             "ddcolor_artistic", "piddnad/DDColor-models", "ddcolor_artistic.pth", "large",
@@ -250,19 +259,137 @@ class DownloadError(RuntimeError):
     """A published checkpoint could not be fetched; the message says how to get it by hand."""
 
 
+LOOKUP_TIMEOUT_S = 10  # for a source's first answer: an unreachable one is passed over quickly
+DOWNLOAD_TIMEOUT_S = 30
+DOWNLOAD_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """What a source says about a file before its bytes are fetched."""
+
+    url: str  # where the bytes are, after the source's redirects
+    size: int | None
+    sha256: str | None
+    headers: dict[str, str]
+
+
+class DownloadSource:
+    """A site that serves published checkpoints, and the environment variables that point it elsewhere."""
+
+    name: str  # as DDCOLOR_SOURCE spells it
+    label: str
+    endpoint_variable: str
+
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def has(self, entry: PublishedCheckpoint) -> bool:
+        raise NotImplementedError
+
+    def url(self, entry: PublishedCheckpoint) -> str:
+        raise NotImplementedError
+
+    def locate(self, entry: PublishedCheckpoint) -> RemoteFile:
+        raise NotImplementedError
+
+
+class HuggingFace(DownloadSource):
+    name, label, endpoint_variable = "huggingface", "Hugging Face", "HF_ENDPOINT"
+
+    def endpoint(self) -> str:
+        return (os.environ.get("HF_ENDPOINT") or HF_ENDPOINT).rstrip("/")
+
+    def has(self, entry: PublishedCheckpoint) -> bool:
+        return True
+
+    def url(self, entry: PublishedCheckpoint) -> str:
+        return f"{self.endpoint()}/{entry.repo_id}/resolve/main/{entry.filename}"
+
+    def locate(self, entry: PublishedCheckpoint) -> RemoteFile:
+        """huggingface_hub asks the Hub: tokens, the redirect to its CDN, size and ETag."""
+        from huggingface_hub import get_hf_file_metadata
+        from huggingface_hub.utils import build_hf_headers
+
+        metadata = get_hf_file_metadata(self.url(entry), timeout=LOOKUP_TIMEOUT_S)
+        # The ETag of a large (LFS) file is its SHA-256; other ETags are not checkable.
+        etag = (metadata.etag or "").strip('"')
+        sha256 = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
+        return RemoteFile(metadata.location, metadata.size, sha256, build_hf_headers())
+
+
+class ModelScope(DownloadSource):
+    """ModelScope's file API, as its own library uses it (modelscope/hub/file_download.py, api.py):
+    a JSON listing with each file's size and SHA-256, and a download URL that honours range requests."""
+
+    name, label, endpoint_variable = "modelscope", "ModelScope", "MODELSCOPE_ENDPOINT"
+    revision = "master"
+
+    def endpoint(self) -> str:
+        if os.environ.get("MODELSCOPE_ENDPOINT"):
+            return os.environ["MODELSCOPE_ENDPOINT"].rstrip("/")
+        domain = os.environ.get("MODELSCOPE_DOMAIN")  # the modelscope library's own variable: a host name
+        if domain:
+            return (domain if "://" in domain else f"https://{domain}").rstrip("/")
+        return MODELSCOPE_ENDPOINT
+
+    def has(self, entry: PublishedCheckpoint) -> bool:
+        return entry.modelscope is not None
+
+    def url(self, entry: PublishedCheckpoint) -> str:
+        model_id, path = entry.modelscope
+        return f"{self.endpoint()}/api/v1/models/{model_id}/repo?Revision={self.revision}&FilePath={quote(path)}"
+
+    def locate(self, entry: PublishedCheckpoint) -> RemoteFile:
+        import json
+        import urllib.request
+
+        model_id, path = entry.modelscope
+        listing = f"{self.endpoint()}/api/v1/models/{model_id}/repo/files?Revision={self.revision}&Recursive=True"
+        with urllib.request.urlopen(listing, timeout=LOOKUP_TIMEOUT_S) as response:
+            answer = json.load(response)
+        files = {f.get("Path"): f for f in (answer.get("Data") or {}).get("Files") or []}
+        if answer.get("Code") != 200 or path not in files:
+            raise LookupError(f"{listing} does not list {path} ({answer.get('Message') or 'no such file'})")
+        return RemoteFile(self.url(entry), int(files[path]["Size"]), files[path].get("Sha256"), {})
+
+
+HUGGING_FACE, MODELSCOPE = HuggingFace(), ModelScope()
+SOURCES = {s.name: s for s in (HUGGING_FACE, MODELSCOPE)}
+
+
+def download_sources(choice: str | None = None) -> list[DownloadSource]:
+    """The sources a download tries, in order: ``choice`` or $DDCOLOR_SOURCE, one of
+    huggingface, modelscope or auto (the default: Hugging Face, then ModelScope)."""
+    choice = (choice or os.environ.get("DDCOLOR_SOURCE") or "auto").strip().lower()
+    if choice == "auto":
+        return list(SOURCES.values())
+    if choice not in SOURCES:
+        raise DownloadError(f"DDCOLOR_SOURCE={choice!r} is not a download source; use {', '.join(SOURCES)} or auto")
+    return [SOURCES[choice]]
+
+
+def downloads_off() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def download(
     name: str,
     folder: str | os.PathLike,
     progress: Callable[[int, int], None] | None = None,
+    source: str | None = None,
 ) -> Path:
     """Fetch a published checkpoint into ``folder`` (no-op if it is there).
 
-    huggingface_hub resolves the file (``HF_ENDPOINT``, tokens, the Hub's
-    redirect to its CDN); the transfer goes to ``folder/.<file>.part`` and
-    resumes from it with an HTTP range request, after a dropped connection
-    or in a later run. The file is renamed into place only when complete
-    (and, where the Hub gives its SHA-256 as ETag, verified).
-    ``HF_HUB_OFFLINE`` turns downloads off. ``progress(done, total)`` gets bytes.
+    The sources of ``download_sources(source)`` are tried in order; the next
+    one only when one cannot be reached (no connection, or it answers 5xx or
+    429) or has no copy. Any other answer (a 404, a corrupted transfer) is
+    reported, not passed over. The transfer goes to
+    ``folder/.<file>.<source>.part`` and resumes from it with an HTTP range
+    request, after a dropped connection or in a later run. The file is renamed
+    into place only when complete (and, where the source gives its SHA-256,
+    verified). ``HF_HUB_OFFLINE`` turns downloads off. ``progress(done, total)``
+    gets bytes.
     """
     if name not in PUBLISHED:
         raise CheckpointError(f"unknown published model {name!r}; choose one of {', '.join(PUBLISHED)}")
@@ -271,30 +398,69 @@ def download(
     target = folder / entry.filename
     if target.is_file():
         return target
-    by_hand = f"Download {entry.url()} by hand and save it as {target}."
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    by_hand = "Download {} by hand and save it as {}.".format(
+        " or ".join(s.url(entry) for s in SOURCES.values() if s.has(entry)), target
+    )
+    if downloads_off():
         raise DownloadError(f"{entry.filename} is not in {folder} and downloads are off (HF_HUB_OFFLINE is set). {by_hand}")
-
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers
-
-    partial = folder / f".{entry.filename}.part"
+    sources = download_sources(source)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        url = hf_hub_url(entry.repo_id, entry.filename, endpoint=os.environ.get("HF_ENDPOINT") or None)
-        metadata = get_hf_file_metadata(url, timeout=DOWNLOAD_TIMEOUT_S)
-        _fetch(metadata.location, partial, metadata.size, build_hf_headers(), progress)
-        _verify(partial, metadata.etag)
-    except DownloadError:
-        raise
-    except Exception as e:
-        raise DownloadError(f"could not download {entry.filename} ({type(e).__name__}: {e}). {by_hand}") from e
+    except OSError as e:
+        raise DownloadError(f"cannot create the models folder {folder} ({e}). {by_hand}") from e
+
+    passed_over, last_error = [], None
+    for site in sources:
+        if not site.has(entry):
+            passed_over.append(f"{site.label} has no copy of {name}")
+            continue
+        if passed_over:
+            log.warning("ddcolor: %s; downloading %s from %s", "; ".join(passed_over), site.url(entry), site.label)
+        try:
+            return _download_from(site, entry, target, progress)
+        except DownloadError:
+            raise
+        except Exception as e:
+            if not _cannot_reach(e):
+                raise DownloadError(f"could not download {entry.filename} from {site.label} ({type(e).__name__}: {e}). {by_hand}") from e
+            passed_over.append(f"{site.label} cannot be reached ({site.url(entry)}: {type(e).__name__}: {e})")
+            last_error = e
+    raise DownloadError(
+        f"could not download {entry.filename}: {'; '.join(passed_over)}. Check the connection or proxy; "
+        f"{HUGGING_FACE.endpoint_variable} selects a Hugging Face mirror, {MODELSCOPE.endpoint_variable} another "
+        "ModelScope address, and DDCOLOR_SOURCE=huggingface, modelscope or auto which sources are tried "
+        f"(auto: Hugging Face, then ModelScope, which has only {', '.join(n for n, e in PUBLISHED.items() if MODELSCOPE.has(e))}). {by_hand}"
+    ) from last_error
+
+
+def _download_from(site: DownloadSource, entry: PublishedCheckpoint, target: Path, progress) -> Path:
+    remote = site.locate(entry)
+    # One partial file per source: their files may differ byte for byte, so one cannot resume the other.
+    partial = target.parent / f".{target.name}.{site.name}.part"
+    _fetch(remote.url, partial, remote.size, remote.headers, progress)
+    _verify(partial, remote.sha256)
     os.replace(partial, target)
     return target
 
 
-DOWNLOAD_TIMEOUT_S = 30
-DOWNLOAD_ATTEMPTS = 5
+def _cannot_reach(error: BaseException) -> bool:
+    """Whether a source did not answer, or answered that it is failing, so another may serve the file.
+
+    A 404 or 401 is an answer about the name, and is reported instead.
+    """
+    import http.client
+    import ssl
+    import urllib.error
+
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None) or getattr(error, "code", None)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    network = (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException, ssl.SSLError)
+    # huggingface_hub's HTTP client (httpx) and requests raise their own types.
+    return isinstance(error, network) or any(
+        cls.__name__ in ("TransportError", "ConnectionError", "Timeout") for cls in type(error).__mro__
+    )
 
 
 def _fetch(url: str, partial: Path, size: int | None, headers: dict, progress) -> None:
@@ -333,14 +499,14 @@ def _fetch(url: str, partial: Path, size: int | None, headers: dict, progress) -
             time.sleep(min(2 ** (failures - 1), 10))
 
 
-def _verify(partial: Path, etag: str | None) -> None:
-    """The Hub's ETag of a large (LFS) file is its SHA-256; check it where it is one."""
-    if not etag or not re.fullmatch(r"[0-9a-f]{64}", etag.strip('"')):
+def _verify(partial: Path, sha256: str | None) -> None:
+    """Check the SHA-256 the source gave, where it gave one; a mismatch deletes the transfer."""
+    if not sha256:
         return
     digest = hashlib.sha256()
     with open(partial, "rb") as f:
         while chunk := f.read(1 << 24):
             digest.update(chunk)
-    if digest.hexdigest() != etag.strip('"'):
+    if digest.hexdigest() != sha256.lower():
         partial.unlink()
         raise DownloadError(f"{partial.name} arrived corrupted (SHA-256 mismatch); it was deleted, run again to retry")

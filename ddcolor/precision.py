@@ -80,8 +80,8 @@ def fast_precisions(device_type: str) -> tuple[str, ...]:
     if device_type == "mps":
         return ("fp16", "fp32")
     if device_type == "cpu":
-        # Without native bf16 units, bf16 and fp16 are emulated: about 8x
-        # slower than fp32 (AVX2 EPYC, benchmarks/RESULTS.md).
+        # Without native bf16 units (AVX2 only) bf16 and fp16 are emulated,
+        # slower than fp32 (benchmarks/bench_matmul_bound.py --dtypes measures it).
         return ("mixed", "bf16", "fp32") if cpu_bf16_units() else ("fp32",)
     return ("fp32",)
 

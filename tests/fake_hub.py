@@ -1,8 +1,10 @@
-"""A local stand-in for the Hugging Face Hub's file endpoint, for download tests (no internet here).
+"""Local stand-ins for the download sources, for download tests (no internet here).
 
-It answers ``HEAD``/``GET /<repo>/resolve/main/<file>`` with the headers
-huggingface_hub reads (ETag, X-Repo-Commit, Content-Length). Point
-``HF_ENDPOINT`` at ``hub.endpoint``::
+A ``FakeHub`` answers ``HEAD``/``GET`` of the paths it is given, with the
+headers huggingface_hub reads (ETag, X-Repo-Commit, Content-Length) and range
+requests, as the Hugging Face Hub's ``/<repo>/resolve/main/<file>`` does.
+``modelscope_files`` gives the two paths of ModelScope's file API for one
+file. Point ``HF_ENDPOINT`` or ``MODELSCOPE_ENDPOINT`` at ``hub.endpoint``::
 
     with fake_hub({"/piddnad/DDColor-models/resolve/main/x.pth": data}) as hub:
         os.environ["HF_ENDPOINT"] = hub.endpoint
@@ -11,26 +13,34 @@ huggingface_hub reads (ETag, X-Repo-Commit, Content-Length). Point
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
+import json
+import socket
 import threading
 from typing import Iterator
 
 
 class FakeHub(http.server.ThreadingHTTPServer):
-    """``drops``: how many GETs to cut off after ``drop_after`` bytes (a connection
-    lost mid-download); ``ranges`` records the byte offset each GET started at.
-    Range requests are honoured, as the Hub's CDN does."""
+    """``drops``: how many GETs of more than ``drop_after`` bytes to cut off after
+    ``drop_after`` bytes (a connection lost mid-download); ``gets`` records the
+    path and byte offset of each GET. Range requests are honoured, as the Hub's
+    CDN does."""
 
     def __init__(self, files: dict[str, bytes], drops: int = 0, drop_after: int = 0):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.files = files
         self.requests: list[str] = []
-        self.ranges: list[int] = []
+        self.gets: list[tuple[str, int]] = []
         self.drops, self.drop_after = drops, drop_after
         self.unavailable = False  # answer downloads with 503
         self.etag = '"0123456789abcdef"'
 
         self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
+
+    def ranges(self, path: str) -> list[int]:
+        """The byte offset each GET of ``path`` started at."""
+        return [start for p, start in self.gets if p == path]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -50,7 +60,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(503)
             return
         if with_body:
-            self.server.ranges.append(start)
+            self.server.gets.append((self.path, start))
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body) - start))
         if start:
@@ -61,7 +71,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if not with_body:
             return
-        if self.server.drops > 0:
+        if self.server.drops > 0 and len(body) - start > self.server.drop_after:
             self.server.drops -= 1
             self.wfile.write(body[start : start + self.server.drop_after])
             self.wfile.flush()
@@ -90,3 +100,23 @@ def fake_hub(files: dict[str, bytes] | None = None, drops: int = 0, drop_after: 
     finally:
         hub.shutdown()
         hub.server_close()
+
+
+def modelscope_files(model_id: str, path: str, data: bytes, sha256: str | None = None) -> dict[str, bytes]:
+    """ModelScope's file API for one file, as its own library calls it: the listing
+    (size and SHA-256 of each file) and the download URL."""
+    listing = {"Code": 200, "Data": {"Files": [{
+        "Name": path, "Path": path, "Type": "blob", "Size": len(data),
+        "Sha256": sha256 or hashlib.sha256(data).hexdigest(),
+    }]}}
+    return {
+        f"/api/v1/models/{model_id}/repo/files?Revision=master&Recursive=True": json.dumps(listing).encode(),
+        f"/api/v1/models/{model_id}/repo?Revision=master&FilePath={path}": data,
+    }
+
+
+def refused_endpoint() -> str:
+    """An address on 127.0.0.1 where nothing listens: connections to it are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"

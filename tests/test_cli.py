@@ -16,7 +16,7 @@ from PIL import Image
 
 import ddcolor
 from ddcolor.cli import main
-from tests.fake_hub import fake_hub
+from tests.fake_hub import fake_hub, modelscope_files, refused_endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -315,6 +315,24 @@ def test_download_failures_name_the_url_and_the_fix(tmp_path, monkeypatch, capsy
     assert "ddcolor_artistic.pth" in err and str(tmp_path) in err and "by hand" in err
     assert run("download", "ddcolor_nope", "--models-dir", tmp_path) == 2
     assert "choose from" in capsys.readouterr().err
+
+
+def test_download_from_a_chosen_source_and_info_says_where_downloads_come_from(tmp_path, monkeypatch, capsys):
+    payload = os.urandom(200_000)
+    files = modelscope_files("damo/cv_ddcolor_image-colorization", "pytorch_model.pt", payload)
+    with fake_hub(files) as ms:
+        monkeypatch.setenv("HF_ENDPOINT", refused_endpoint())
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", ms.endpoint)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("DDCOLOR_SOURCE", raising=False)
+        assert run("download", "ddcolor_modelscope", "--source", "modelscope", "--models-dir", tmp_path) == 0
+    assert (tmp_path / "ddcolor_modelscope.pth").read_bytes() == payload
+    assert f"downloading {ms.endpoint}/api/v1/models/damo/cv_ddcolor_image-colorization/repo?" in capsys.readouterr().out
+
+    assert run("info") == 0
+    downloads = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("downloads:"))
+    assert downloads.index("Hugging Face") < downloads.index("ModelScope at " + ms.endpoint)
+    assert "has ddcolor_modelscope only" in downloads and "DDCOLOR_SOURCE" in downloads
 
 
 def test_info_lists_devices_precisions_and_present_models(tmp_path, monkeypatch, capsys):

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.fake_hub import fake_hub
+from tests.fake_hub import fake_hub, modelscope_files, refused_endpoint
 from tests.pack import REPO, load_pack
 from tests.workflow_check import spec_from_node_class
 
@@ -229,6 +229,20 @@ def test_missing_published_checkpoint_is_downloaded_into_the_first_folder(tmp_pa
     assert len(hub.requests) == count
 
 
+def test_download_falls_back_to_modelscope_with_progress_on_the_node(tmp_path, monkeypatch):
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    with fake_hub(modelscope_files("damo/cv_ddcolor_image-colorization", "pytorch_model.pt", payload)) as ms:
+        monkeypatch.setenv("HF_ENDPOINT", refused_endpoint())  # Hugging Face unreachable, as behind a firewall
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", ms.endpoint)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("DDCOLOR_SOURCE", raising=False)
+        reports = []
+        path = models.locate_checkpoint("ddcolor_modelscope", [tmp_path], lambda done, total: reports.append((done, total)))
+    assert path == tmp_path / "ddcolor_modelscope.pth" and path.read_bytes() == payload
+    assert reports[-1] == (len(payload), len(payload))
+    assert models.model_choices(["ddcolor_modelscope.pth"]).count("ddcolor_modelscope") == 1
+
+
 def test_failed_download_names_file_url_and_folder(tmp_path, hub):
     # The hub answers 404 (a renamed file, a mirror without it): the error says how to get it by hand.
     with pytest.raises(engine.DownloadError) as error:
@@ -339,7 +353,9 @@ def test_requirements_match_the_runtime_dependencies_without_torch():
 def test_weights_readme_lists_every_published_checkpoint():
     text = (REPO / "weights" / "README.md").read_text()
     for entry in engine.PUBLISHED.values():
-        assert f"`{entry.name}`" in text and entry.url("https://huggingface.co") in text
+        assert f"`{entry.name}`" in text and f"https://huggingface.co/{entry.repo_id}/resolve/main/{entry.filename}" in text
+        if entry.modelscope:
+            assert "https://www.modelscope.cn/api/v1/models/{}/repo?Revision=master&FilePath={}".format(*entry.modelscope) in text
         assert entry.variant in text
 
 

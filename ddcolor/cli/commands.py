@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..checkpoint import PUBLISHED
+    from ..checkpoint import PUBLISHED, SOURCES
     from ..precision import PRECISIONS
 
     parser = argparse.ArgumentParser(
@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     published = ", ".join(PUBLISHED)
+
+    def add_source_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--source", choices=[*SOURCES, "auto"], help="where missing published models are downloaded from (default: $DDCOLOR_SOURCE, else auto: Hugging Face, then ModelScope if it cannot be reached)")
 
     def add_batch_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders or glob patterns ('scans/*.tif')")
@@ -88,12 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_options(c)
     c.add_argument("--model", default=DEFAULT_MODEL, help=f"published name ({published}; downloaded on first use) or checkpoint path (default: %(default)s)")
     c.add_argument("--models-dir", type=Path, help="where published models are kept (default: see `python -m ddcolor info`)")
+    add_source_option(c)
     size = c.add_mutually_exclusive_group()
     size.add_argument("--size", type=int, help=f"working resolution of the network, a multiple of 32 (default: {DEFAULT_SIZE})")
     size.add_argument("--preset", choices=PRESETS, help="; ".join(f"{k}: size {v}" for k, v in PRESETS.items()))
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    c.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: %(default)s: fp16 on a GPU; on a CPU mixed, bf16 only in the heaviest layers, where it has AMX or AVX-512 bf16 units, else fp32)")
-    c.add_argument("--strict-precision", action="store_true", help="run --precision even where it is slow (fp16 on a CPU is emulated)")
+    c.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: %(default)s: fp16 on a GPU; on a CPU mixed, bf16 only in the heaviest layers, where it has AMX or AVX-512 bf16 units, else fp32; `python -m ddcolor info` shows what each runs here)")
+    c.add_argument("--strict-precision", action="store_true", help="run --precision even where it is slow (fp16 on a CPU; bf16 on a CPU without bf16 units)")
     c.add_argument("--format", default="png", choices=FORMATS, help="output format (default: %(default)s; images with alpha are always PNG)")
     c.add_argument("--quality", type=int, default=95, help="JPEG quality 1-95 (default: %(default)s)")
     add_video_options(c)
@@ -104,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(command=cmd_download)
     d.add_argument("names", nargs="*", metavar="NAME", help=f"{published}, or all (default: {DEFAULT_MODEL})")
     d.add_argument("--models-dir", type=Path, help="destination (default: see `python -m ddcolor info`)")
+    add_source_option(d)
 
     i = commands.add_parser("info", help="devices, precisions, models folder", description="Show devices, their precisions, where models are looked for and which are present.")
     i.set_defaults(command=cmd_info)
@@ -164,9 +169,9 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     published = ddcolor.PUBLISHED.get(str(args.model).removesuffix(".pth"))
     models_dir = args.models_dir or default_models_dir()
     if published and not Path(args.model).exists() and not (models_dir / published.filename).is_file():
-        print(f"{published.name}: first use, downloading {published.url()} into {models_dir}", file=sys.stderr, flush=True)
         try:
-            download_with_progress(published.name, models_dir)
+            print(f"{published.name}: first use, downloading {published.url(args.source)} into {models_dir}", file=sys.stderr, flush=True)
+            download_with_progress(published.name, models_dir, args.source)
         except ddcolor.DownloadError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_FAILED
@@ -378,9 +383,9 @@ def cmd_download(args: argparse.Namespace) -> int:
         if target.is_file():
             print(f"{name}: already present at {target}")
             continue
-        print(f"{name}: downloading {entry.url()} into {folder}", flush=True)
         try:
-            path = download_with_progress(name, folder)
+            print(f"{name}: downloading {entry.url(args.source)} into {folder}", flush=True)
+            path = download_with_progress(name, folder, args.source)
         except ddcolor.DownloadError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
@@ -389,8 +394,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def download_with_progress(name: str, folder: Path) -> Path:
-    """``ddcolor.download`` with a byte progress bar on a terminal."""
+def download_with_progress(name: str, folder: Path, source: str | None = None) -> Path:
+    """``ddcolor.download`` (from ``source``, see ``--source``) with a byte progress bar on a terminal."""
     import ddcolor
     from tqdm import tqdm
 
@@ -403,7 +408,7 @@ def download_with_progress(name: str, folder: Path) -> Path:
         bar.update(done - bar.n)
 
     try:
-        return ddcolor.download(name, folder, progress=report)
+        return ddcolor.download(name, folder, progress=report, source=source)
     finally:
         if bar is not None:
             bar.close()
@@ -460,9 +465,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     ) if folder.is_dir() else []
     if others:
         print(f"  other checkpoints (use with --model PATH): {', '.join(others)}")
-    if os.environ.get("HF_ENDPOINT") or os.environ.get("HF_HUB_OFFLINE"):
-        print(f"downloads: HF_ENDPOINT={os.environ.get('HF_ENDPOINT', '')} HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')}")
+    print(f"downloads: {describe_downloads()}")
     return EXIT_OK
+
+
+def describe_downloads() -> str:
+    """Where missing published models come from, as the environment sets it."""
+    import ddcolor
+    from ddcolor.checkpoint import download_sources, downloads_off
+
+    if downloads_off():
+        return "off (HF_HUB_OFFLINE is set)"
+    try:
+        sources = download_sources()
+    except ddcolor.DownloadError as e:
+        return str(e)
+    described = []
+    for source in sources:
+        hosted = [name for name, entry in ddcolor.PUBLISHED.items() if source.has(entry)]
+        only = "" if len(hosted) == len(ddcolor.PUBLISHED) else f"; has {', '.join(hosted)} only"
+        described.append(f"{source.label} at {source.endpoint()} (${source.endpoint_variable}{only})")
+    return ", then ".join(described) + "; choose with $DDCOLOR_SOURCE or --source"
 
 
 # ----------------------------------------------------------------------------- queue

@@ -131,8 +131,8 @@ def checkpoint_for_workers(args: argparse.Namespace) -> Checkpoint | int:
     published = ddcolor.PUBLISHED.get(str(args.model).removesuffix(".pth"))
     try:
         if published and not Path(args.model).exists() and not (models_dir / published.filename).is_file():
-            print(f"{published.name}: first use, downloading {published.url()} into {models_dir}", file=sys.stderr, flush=True)
-            download_with_progress(published.name, models_dir)
+            print(f"{published.name}: first use, downloading {published.url(args.source)} into {models_dir}", file=sys.stderr, flush=True)
+            download_with_progress(published.name, models_dir, args.source)
         path = resolve_source(args.model, models_dir)
         if path.is_dir():  # a Hugging Face folder: the weights file read_state_dict picks
             path = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), path)
