@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .convnext import VARIANTS, Encoder
 from .decoder import Decoder
-from .layers import CHUNK_ELEMENTS, Conv2d, autocast_off, blur_upsampled
+from .layers import CHUNK_ELEMENTS, Conv2d, autocast_off, blur_upsampled, checkpointed
 from .precision import full_precision
 
 log = logging.getLogger("ddcolor")
@@ -68,6 +68,8 @@ class DDColor(nn.Module):
 
     # Input normalization constants; half of them would shift the input.
     fp32_tensors = ("mean", "std")
+    # Training: recompute the head's sub-pixel groups in the backward pass instead of keeping them.
+    gradient_checkpointing = False
 
     def __init__(self, config: DDColorConfig):
         super().__init__()
@@ -144,9 +146,8 @@ class DDColor(nn.Module):
             n = min(step, groups - g)
             w = conv_weight[g : g + n].reshape(n * channels, -1, 1, 1)
             b = conv_bias[g : g + n].reshape(n * channels)
-            y = F.relu_(F.conv2d(features, w, b)).view(batch, n, channels, height * width)
-            mixed = mixing[:, None] @ y  # (B, n, 2, h*w)
-            sub_pixels[:, :, g : g + n] = mixed.view(batch, n, 2, height, width).transpose(1, 2)
+            mixed = checkpointed(_mixed_sub_pixels, features, w, b, mixing, enabled=self.gradient_checkpointing)
+            sub_pixels[:, :, g : g + n] = mixed.transpose(1, 2)
         with autocast_off(x.device):
             ab = blur_upsampled(F.pixel_shuffle(sub_pixels.view(batch, 2 * groups, height, width), scale))
             # refine sees the normalized input (x - mean) / std; fold that into its
@@ -154,6 +155,13 @@ class DDColor(nn.Module):
             weight_x = weight_x / self.std.view(1, 3)
             bias = refine.bias.float() - weight_x @ self.mean.view(3)
             return ab + F.conv2d(x, weight_x[:, :, None, None], bias)
+
+
+def _mixed_sub_pixels(features: Tensor, weight: Tensor, bias: Tensor, mixing: Tensor) -> Tensor:
+    """``mixing`` (B, 2, C) applied to ``relu(conv_1x1(features))`` for n sub-pixel groups -> (B, n, 2, h, w)."""
+    batch, _, height, width = features.shape
+    y = F.relu_(F.conv2d(features, weight, bias)).view(batch, -1, mixing.shape[2], height * width)
+    return (mixing[:, None] @ y).view(batch, -1, 2, height, width)
 
 
 def plausible_ab(ab: Tensor) -> Tensor:

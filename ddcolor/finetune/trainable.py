@@ -14,8 +14,9 @@ layout the way the original trains it:
   decoder's linear layers, everything else frozen). A frozen layer's stored
   tensors never change: frozen BatchNorm and spectral-norm layers run in eval
   mode (running statistics and power iteration stay as loaded);
-* ``checkpointing`` recomputes each ConvNeXt block and each color-decoder
-  layer in the backward pass instead of keeping their activations.
+* ``checkpointing`` recomputes each ConvNeXt block, each color-decoder
+  layer and each group of the head's sub-pixels in the backward pass instead
+  of keeping their activations.
 
 The ConvNeXt MLPs are not rebalanced for half precision
 (``convnext.Block.balance_for_half``): under autocast the weights stay FP32
@@ -166,8 +167,9 @@ def trainable_model(
     elif train == "lora":
         for module, name in lora_targets(model):
             parametrize.register_parametrization(module, name, LowRankDelta(getattr(module, name), rank))
-    model.encoder.arch.gradient_checkpointing = checkpointing
-    model.decoder.color_decoder.gradient_checkpointing = checkpointing
+    for module in model.modules():
+        if hasattr(type(module), "gradient_checkpointing"):
+            module.gradient_checkpointing = checkpointing
     return model.train()
 
 
