@@ -276,14 +276,15 @@ def test_pinned_computations_stay_fp32_under_fp16_autocast(small_state):
     assert any(half in d for d in convs[:-1]), "the head's sub-pixel conv runs in fp16"
 
 
-def fp16_stress_loss(recipe: str) -> tuple[torch.Tensor, float, torch.nn.Module]:
-    """The L1 loss of DDColor-T with a stress ``recipe`` under fp16 autocast, and the peak of its FP32 stream."""
+def fp16_stress_loss(recipe: str, width: int = 64) -> tuple[torch.Tensor, float, torch.nn.Module]:
+    """The L1 loss of DDColor-T with a stress ``recipe`` under fp16 autocast on a 64 x ``width``
+    image, the peak of its FP32 stream, and the model."""
     model = trainable_model(read_state_dict(calibrated_checkpoint("tiny", stress=recipe)))
     peaks = []
     for module in model.encoder.modules():
         if type(module).__name__ == "Block":
             module.register_forward_hook(lambda m, args, out: peaks.append(out.detach().abs().max().item()))
-    gray, ab = color_pair(size=64)
+    gray, ab = (t[..., :width] for t in color_pair(size=64))
     with autocast("fp16", "cpu"):
         loss = (model(gray) - ab).abs().mean()
     return loss, max(peaks), model
@@ -299,10 +300,10 @@ def test_fp16_training_forward_of_stress_checkpoints_stays_finite(recipe):
 
 # The recipes differ in which forward writer carries the scale. PyTorch has no
 # fast fp16 convolution backward on CPUs (seconds per decoder conv), so the
-# backward runs for two of them: the largest layer scales, and the stem.
+# backward runs for two of them (the largest layer scales, and the stem), on half the pixels.
 @pytest.mark.parametrize("recipe", ["blocks", "stem"])
 def test_fp16_training_backward_of_stress_checkpoints_stays_finite(recipe):
-    loss, _, model = fp16_stress_loss(recipe)
+    loss, _, model = fp16_stress_loss(recipe, width=32)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in trainable_parameters(model))
 
