@@ -1,0 +1,565 @@
+"""Fine-tuning DDColor on one's own color photos: one short loop for the command line and the node.
+
+    from ddcolor.finetune import FinetuneConfig, finetune
+    result = finetune(FinetuneConfig(output="my_ddcolor.pth", steps=2000), train_images=photos)
+
+Mixed precision is PyTorch's AMP recipe: FP32 master weights and optimizer
+state, the forward under ``trainable.autocast`` (which keeps normalization,
+softmax and the ConvNeXt residual stream FP32), then
+``scaler.scale(loss).backward()``, ``scaler.step``, ``scaler.update()``. The
+loss is scaled in fp16 on every device (fp16 gradients underflow wherever they
+are computed; on a CPU fp16 is emulated and slow, but it behaves the same); a
+step whose gradients overflow is skipped and the scale lowered. bf16 and fp32
+need no scaling; a step whose gradients are not finite is skipped there too.
+Every skipped step is counted in the log.
+
+BatchNorm keeps the start model's statistics (its affine weights train): with
+the few images per step that fit a card, batch statistics are noise, and they
+would differ between data-parallel processes (SyncBatchNorm needs a GPU).
+
+Order of work: every request is checked (options, the snapshot, the VGG
+weights, the photos) before the model is loaded, so a mistake costs seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import read_state_dict, resolve_source
+from ..color import colorfulness, delta_e_ciede2000, lab_to_rgb, rgb_to_lab
+from ..model import SIZE_MULTIPLE
+from . import trainable
+from .data import Batch, Photo, PhotoSet, SampleOrder, Skipped, hold_out, photos_from_batch, prepare, training_batch
+from .distributed import Distributed
+from .files import CHECKPOINT_SUFFIXES, RunFiles, write_atomically
+from .losses import AdversarialLoss, Discriminator, PaperLosses, PerceptualWeightsMissing, enhance_colors
+from .report import GRID_ROWS, History, draw_curves, draw_grid, summary_lines
+
+log = logging.getLogger("ddcolor")
+
+TRAIN_CHOICES = ("all", "decoder", "lora")
+PRECISION_CHOICES = ("auto", "fp16", "bf16", "fp32")
+# A run whose loss or gradients stay non-finite this long will not recover by itself.
+MAX_SKIPPED_IN_A_ROW = 25
+# What a resumed run must share with the snapshot to continue the same sequence.
+RESUME_MUST_MATCH = ("size", "batch", "seed", "train", "rank", "lr", "weight_decay", "betas", "perceptual", "gan")
+SNAPSHOT_FORMAT = 1
+
+
+class FinetuneError(ValueError):
+    """A request that cannot be trained; the message names the option or file to change. Nothing was done."""
+
+
+class TrainingError(RuntimeError):
+    """Training failed part-way (out of memory, a loss that stays non-finite); the message says what to try."""
+
+
+@dataclass
+class FinetuneConfig:
+    output: Path  # the checkpoint to write: .pth or .safetensors
+    model: str = "ddcolor_modelscope"  # start from: a published name or a checkpoint path
+    models_dir: Path | None = None  # where published models are kept
+    steps: int = 2000
+    batch: int = 4
+    size: int = 256  # training crop, a multiple of 32 (the published models trained at 256)
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    precision: str = "auto"
+    train: str = "all"  # all, decoder (encoder frozen) or lora
+    rank: int = 8  # LoRA rank
+    checkpointing: bool = False
+    val_every: int = 200  # 0: only before and after training
+    save_every: int = 200  # 0: a snapshot only when stopped
+    resume: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    perceptual: bool = True
+    gan: bool = False
+    initial_loss_scale: float = 2.0**16  # fp16 only (torch's default)
+    reports_dir: Path | None = None  # where the log, PNGs and snapshot go (default: beside output)
+
+    def files(self) -> RunFiles:
+        return RunFiles.beside(Path(self.output), self.reports_dir)
+
+
+@dataclass
+class FinetuneResult:
+    checkpoint: Path | None  # None when stopped before the last step
+    steps_done: int
+    stopped: bool
+    precision: str
+    loss_history: dict[str, list[float]]  # "loss" (the total) and each term, per step
+    validations: list[dict]  # {"step", "delta_e", "colorfulness", ...} per validation
+    best_step: int | None  # the validation step with the lowest mean ΔE
+    skipped_steps: int
+    train_photos: int
+    validation_photos: int
+    skipped_photos: list[Skipped] = field(default_factory=list)
+    files: RunFiles | None = None
+    summary: list[str] = field(default_factory=list)
+
+
+ImagesIn = Tensor | Sequence[Photo]
+Progress = Callable[[int, int, dict[str, float]], None]
+
+
+def finetune(
+    config: FinetuneConfig,
+    train_images: ImagesIn,
+    val_images: ImagesIn | None = None,
+    *,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    say: Callable[[str], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``config.model`` on ``train_images`` and write ``config.output``.
+
+    Images are an IMAGE batch (B, H, W, C) in [0, 1] or ``data.Photo`` s;
+    without ``val_images`` a seeded share of the photos is held out.
+    ``progress(step, steps, losses)`` is called after each step;
+    ``should_stop()`` is asked before each: when it says so, a snapshot is
+    written and the result comes back with ``stopped`` (``config.resume``
+    continues from it). Under ``torchrun`` each process calls this the same way.
+    """
+    device = torch.device(config.device)
+    dist = Distributed.from_environment(device)
+    say = say if dist.main else (lambda message: None)
+    try:
+        return _Run(config, dist, dist.device(device), say or log.info).train(
+            _as_photos(train_images), None if val_images is None else _as_photos(val_images),
+            progress or (lambda *_: None), should_stop or (lambda: False),
+        )
+    finally:
+        dist.close()
+
+
+def _as_photos(images: ImagesIn) -> list[Photo]:
+    return photos_from_batch(images) if isinstance(images, Tensor) else list(images)
+
+
+def check_config(config: FinetuneConfig, world: int = 1) -> None:
+    """Refuse impossible requests with the option to change, before any work."""
+
+    def refuse(message: str) -> None:
+        raise FinetuneError(message)
+
+    if config.size < SIZE_MULTIPLE or config.size % SIZE_MULTIPLE:
+        refuse(f"--size {config.size}: use a multiple of {SIZE_MULTIPLE} (256, the published models' training size, 384, 512, ...)")
+    if config.steps <= 0:
+        refuse(f"--steps {config.steps}: use 1 or more")
+    if config.batch <= 0:
+        refuse(f"--batch {config.batch}: use 1 or more")
+    if config.batch % world:
+        refuse(f"--batch {config.batch}: {world} processes share every batch equally; use a multiple of {world}")
+    if not config.lr > 0:
+        refuse(f"--lr {config.lr}: use a positive learning rate (1e-4 is the paper's)")
+    if config.train not in TRAIN_CHOICES:
+        refuse(f"--train {config.train}: use one of {', '.join(TRAIN_CHOICES)}")
+    if config.precision not in PRECISION_CHOICES:
+        refuse(f"--precision {config.precision}: use one of {', '.join(PRECISION_CHOICES)}")
+    if config.train == "lora" and config.rank <= 0:
+        refuse(f"--rank {config.rank}: a LoRA rank is 1 or more (8 is a common start)")
+    if config.val_every < 0 or config.save_every < 0:
+        refuse("--val-every and --save-every take a number of steps, 0 to turn them off")
+    if config.gan and config.size < Discriminator.MIN_SIZE:
+        refuse(f"--size {config.size}: the discriminator of --gan needs crops of at least {Discriminator.MIN_SIZE}")
+    if Path(config.output).suffix.lower() not in CHECKPOINT_SUFFIXES:
+        refuse(f"-o {config.output}: name the checkpoint .pth or .safetensors")
+
+
+class _Run:
+    """One run: the checks, the data, the trainer, and the loop that drives them."""
+
+    def __init__(self, config: FinetuneConfig, dist: Distributed, device: torch.device, say: Callable[[str], None]):
+        self.config, self.dist, self.device, self.say = config, dist, device, say
+        self.files = config.files()
+        self.history = History()
+        self.start_rgb: Tensor | None = None  # the start model's validation colors, for the grid
+
+    # ------------------------------------------------------------------ before any work
+
+    def _check(self, train_photos: list[Photo], val_photos: list[Photo] | None) -> tuple[PhotoSet, PhotoSet, list[Skipped], dict | None]:
+        config = self.config
+        check_config(config, self.dist.world)
+        snapshot = self._find_snapshot()
+        self.precision = trainable.training_precision(config.precision, self.device)
+        try:
+            self.losses = PaperLosses(perceptual=config.perceptual, gan=config.gan, autocast=self._autocast)
+        except PerceptualWeightsMissing as e:
+            raise FinetuneError(str(e)) from None
+        photos, skipped = prepare(train_photos, config.size)
+        if val_photos is None:
+            train_indices, val_indices = hold_out(len(photos), config.seed)
+            train_set, val_set = photos.subset(train_indices), photos.subset(val_indices)
+        else:
+            train_set = photos
+            val_set, val_left_out = prepare(val_photos, config.size)
+            skipped += [Skipped(s.name, f"validation: {s.reason}") for s in val_left_out]
+        if not len(train_set):
+            counts = _count_reasons(skipped)
+            raise FinetuneError(
+                f"no color photos to train on ({counts or 'none given'}); fine-tuning learns colors from color photos"
+            )
+        if snapshot is not None:
+            self._check_resumable(snapshot, train_set, val_set)
+        return train_set, val_set, skipped, snapshot
+
+    def _find_snapshot(self) -> dict | None:
+        path = self.files.snapshot
+        if not self.config.resume:
+            if path.exists():
+                raise FinetuneError(
+                    f"{path} holds an unfinished run; pass --resume to continue it, or delete it to start over"
+                )
+            return None
+        if not path.is_file():
+            raise FinetuneError(f"--resume: no snapshot at {path} (it is written every --save-every steps and when stopped)")
+        try:
+            snapshot = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise FinetuneError(f"--resume: {path} cannot be read ({type(e).__name__}: {e}); delete it to start over") from e
+        if not isinstance(snapshot, dict) or snapshot.get("format") != SNAPSHOT_FORMAT:
+            raise FinetuneError(f"--resume: {path} is not a snapshot of this version's fine-tuning; delete it to start over")
+        return snapshot
+
+    def _check_resumable(self, snapshot: dict, train_set: PhotoSet, val_set: PhotoSet) -> None:
+        saved = snapshot["config"]
+        now = _resume_settings(self.config, self.precision)
+        changed = [f"{name} {saved[name]} -> {now[name]}" for name in now if saved.get(name) != now[name]]
+        if changed:
+            raise FinetuneError(
+                f"--resume: the snapshot was made with other settings ({'; '.join(changed)}); "
+                "resume with the same ones (only --steps, --val-every, --save-every may change)"
+            )
+        if snapshot["train_photos"] != train_set.names or snapshot["validation_photos"] != val_set.names:
+            raise FinetuneError("--resume: the photos differ from the snapshot's; resume with the same inputs (and --val)")
+
+    # ------------------------------------------------------------------ the run
+
+    def _autocast(self):
+        return trainable.autocast(self.precision, self.device)
+
+    def train(self, train_photos: list[Photo], val_photos: list[Photo] | None, progress: Progress,
+              should_stop: Callable[[], bool]) -> FinetuneResult:
+        config, say = self.config, self.say
+        train_set, val_set, skipped, snapshot = self._check(train_photos, val_photos)
+        if skipped:
+            say(f"left out {len(skipped)} photo(s): {_count_reasons(skipped)}")
+            for item in skipped:
+                if not item.reason.endswith("(no color to learn from)") and item.reason != "grayscale":
+                    say(f"  {item.name}: {item.reason}")
+        source = resolve_source(config.model, config.models_dir)
+        model = trainable.trainable_model(
+            read_state_dict(source), train=config.train, rank=config.rank, checkpointing=config.checkpointing, source=str(source)
+        )
+        self.trainer = Trainer(model.to(self.device), self.losses.to(self.device), config, self.precision, self.device, self.dist)
+        val = Batch.from_rgb(val_set.crops(range(len(val_set)), None), self.device) if len(val_set) else None
+        start = 0
+        if snapshot is not None:
+            start = self._restore(snapshot)
+            say(f"resumed at step {start} of {config.steps} from {self.files.snapshot}")
+        say(
+            f"fine-tuning {source.name} ({config.train}, {self.precision}) on {self.device}: {len(train_set)} photo(s), "
+            f"{len(val_set)} for validation, {config.steps} steps of {config.batch} at {config.size}"
+            + (f", {self.dist.world} processes" if self.dist.active else "")
+        )
+        if val is None:
+            say("no validation: a single photo is all training; give --val DIR to measure progress")
+        elif start == 0:
+            self._validate(0, val)
+
+        order = SampleOrder(len(train_set), config.seed)
+        share = self.dist.share(config.batch)
+        began = time.perf_counter()
+        step, stopped, saved_at = start, False, start
+        while step < config.steps:
+            if self.dist.any(should_stop()):
+                stopped = True
+                break
+            step_began = time.perf_counter()
+            rgb = training_batch(train_set, order, step, config.batch, seed=config.seed, share=share)
+            terms, skipped_step = self.trainer.step(Batch.from_rgb(rgb, self.device))
+            values = self.dist.mean(torch.stack(list(terms.values()))).tolist()
+            step += 1
+            losses = dict(zip(terms, values))
+            record = self.history.record_step(step, losses, skipped=skipped_step, scale=self.trainer.loss_scale,
+                                              seconds=time.perf_counter() - step_began)
+            if self.dist.main:
+                History.append_log(self.files.log, record)
+            if self.history.skipped_in_a_row() >= MAX_SKIPPED_IN_A_ROW:
+                raise TrainingError(
+                    f"the last {MAX_SKIPPED_IN_A_ROW} steps were all skipped (gradients or loss not finite in {self.precision}); "
+                    f"try --precision fp32 or a lower --lr (the snapshot at step {saved_at}, if any, is kept)"
+                )
+            if self.dist.main:
+                progress(step, config.steps, losses)
+            if val is not None and config.val_every and step % config.val_every == 0:
+                self._validate(step, val)
+            if config.save_every and step % config.save_every == 0 and step < config.steps:
+                self._save_snapshot(step, train_set, val_set)
+                saved_at = step
+        elapsed = time.perf_counter() - began
+
+        if stopped:
+            if saved_at != step or not self.files.snapshot.exists():
+                self._save_snapshot(step, train_set, val_set)
+            say(f"stopped at step {step} of {config.steps}; snapshot {self.files.snapshot} (continue with --resume)")
+        else:
+            if val is not None and self.history.validations[-1]["step"] != step:
+                self._validate(step, val)
+            if self.dist.main:
+                trainable.save_checkpoint(trainable.published_state_dict(self.trainer.module), config.output)
+                self.files.snapshot.unlink(missing_ok=True)
+        if self.dist.main:
+            draw_curves(self.files.curves, self.history)
+        self.dist.barrier()
+        if step > start:
+            say(f"{step - start} step(s) in {elapsed:.1f} s ({elapsed / (step - start):.2f} s/step)")
+        return self._result(step, stopped, train_set, val_set, skipped)
+
+    def _result(self, step: int, stopped: bool, train_set: PhotoSet, val_set: PhotoSet, skipped: list[Skipped]) -> FinetuneResult:
+        best = self.history.best_validation()
+        return FinetuneResult(
+            checkpoint=None if stopped else Path(self.config.output),
+            steps_done=step,
+            stopped=stopped,
+            precision=self.precision,
+            loss_history=self.history.losses(),
+            validations=self.history.validations,
+            best_step=best["step"] if best else None,
+            skipped_steps=self.history.skipped_steps,
+            train_photos=len(train_set),
+            validation_photos=len(val_set),
+            skipped_photos=skipped,
+            files=self.files,
+            summary=summary_lines(self.history),
+        )
+
+    # ------------------------------------------------------------------ validation
+
+    def _validate(self, step: int, val: Batch) -> None:
+        """Mean ΔE to the true colors and colorfulness of the validation photos (rank 0 only)."""
+        if not self.dist.main:
+            return
+        ab = self.trainer.predict(val.gray, self.config.batch)
+        rgb = lab_to_rgb(torch.cat((val.lightness, ab), dim=1))
+        truth = torch.cat((val.lightness, val.ab), dim=1)
+        metrics = {"delta_e": _mean_delta_e(rgb, truth), "colorfulness": _mean_colorfulness(rgb)}
+        if self.start_rgb is None:  # before training: the start model, and what gray and the truth score
+            self.start_rgb = rgb[:GRID_ROWS].cpu()
+            metrics["delta_e_gray"] = _mean_delta_e(val.gray, truth)
+            metrics["colorfulness_true"] = _mean_colorfulness(val.rgb)
+        record = self.history.record_validation(step, metrics)
+        History.append_log(self.files.log, record)
+        first = self.history.validations[0]
+        self.say(
+            f"validation at step {step}: mean ΔE {metrics['delta_e']:.2f} (start {first['delta_e']:.2f}, gray {first['delta_e_gray']:.2f}), "
+            f"colorfulness {metrics['colorfulness']:.1f} (start {first['colorfulness']:.1f}, true {first['colorfulness_true']:.1f})"
+        )
+        columns = {"gray": val.gray[:GRID_ROWS], "start model": self.start_rgb, "step {step}": rgb[:GRID_ROWS], "truth": val.rgb[:GRID_ROWS]}
+        draw_grid(self.files.grid, columns, step)
+        draw_curves(self.files.curves, self.history)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _save_snapshot(self, step: int, train_set: PhotoSet, val_set: PhotoSet) -> None:
+        """Everything needed to continue as if never stopped, written atomically (rank 0 only)."""
+        if not self.dist.main:
+            return
+        snapshot = {
+            "format": SNAPSHOT_FORMAT,
+            "step": step,
+            "config": _resume_settings(self.config, self.precision),
+            "train_photos": train_set.names,  # with the seed, this fixes the data order
+            "validation_photos": val_set.names,
+            "trainer": self.trainer.state_dict(),
+            "history": self.history.records,
+            "start_rgb": self.start_rgb,
+            "rng": _rng_states(),
+        }
+        write_atomically(self.files.snapshot, lambda temporary: torch.save(snapshot, temporary))
+
+    def _restore(self, snapshot: dict) -> int:
+        self.trainer.load_state_dict(snapshot["trainer"])
+        self.history = History(list(snapshot["history"]))
+        self.start_rgb = snapshot["start_rgb"]
+        _set_rng_states(snapshot["rng"])
+        if self.dist.main:  # steps logged after the snapshot (before a crash) are dropped
+            self.history.write_log(self.files.log)
+        return int(snapshot["step"])
+
+
+class Trainer:
+    """The model, its optimizer and loss scaler, the losses (and with --gan the discriminator): one step at a time."""
+
+    def __init__(self, model: nn.Module, losses: PaperLosses, config: FinetuneConfig, precision: str,
+                 device: torch.device, dist: Distributed):
+        self.module, self.losses, self.precision, self.device = model, losses, precision, device
+        set_training(model)
+        self.model = _data_parallel(model, device) if dist.active else model
+        self.parameters = trainable.trainable_parameters(model)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas)
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=config.initial_loss_scale, enabled=precision == "fp16")
+        self.discriminator = self.critic = None
+        if config.gan:  # the authors' discriminator optimizer: Adam, no weight decay
+            self.discriminator = Discriminator().to(device).train()
+            self.critic = _data_parallel(self.discriminator, device) if dist.active else self.discriminator
+            self.critic_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=config.betas)
+
+    def _autocast(self):
+        return trainable.autocast(self.precision, self.device)
+
+    @property
+    def loss_scale(self) -> float:
+        return float(self.scaler.get_scale())
+
+    def step(self, batch: Batch) -> tuple[dict[str, Tensor], bool]:
+        """One optimizer step; the loss terms (``loss`` their sum) and whether the step was skipped."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            ab = self.model(batch.gray)
+        if self.discriminator is not None:
+            self.discriminator.requires_grad_(False)  # the generator's turn: D only judges
+        terms, rgb = self.losses(ab, batch.lightness, batch.rgb, batch.ab, self.discriminator)
+        total = sum(terms.values())
+        self.scaler.scale(total).backward()
+        stepped = self._apply(self.optimizer, self.parameters)
+        if self.discriminator is not None:
+            terms["d"] = self._discriminator_step(rgb.detach(), enhance_colors(batch.rgb))
+        self.scaler.update()
+        return {"loss": total.detach(), **{name: value.detach() for name, value in terms.items()}}, not stepped
+
+    def _apply(self, optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter]) -> bool:
+        """Step ``optimizer`` unless its gradients are not finite; whether it stepped."""
+        self.scaler.unscale_(optimizer)  # a no-op unless scaling (fp16)
+        grads = [p.grad for p in parameters if p.grad is not None]
+        finite = bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True
+        if finite or self.scaler.is_enabled():
+            self.scaler.step(optimizer)  # skips the update itself when fp16 gradients overflowed
+        return finite
+
+    def _discriminator_step(self, fake: Tensor, real: Tensor) -> Tensor:
+        self.discriminator.requires_grad_(True)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        with self._autocast():  # one forward for both halves: D has no batch statistics
+            logits = self.critic(torch.cat((real, fake)))
+        loss = AdversarialLoss.discriminator_loss(*logits.split(real.shape[0]))
+        self.scaler.scale(loss).backward()
+        self._apply(self.critic_optimizer, list(self.discriminator.parameters()))
+        return loss.detach()
+
+    @torch.no_grad()
+    def predict(self, gray: Tensor, chunk: int) -> Tensor:
+        """ab for ``gray`` in eval mode (spectral norms as stored), ``chunk`` images at a time."""
+        self.module.eval()
+        try:
+            with self._autocast():
+                return torch.cat([self.module(part).float() for part in gray.split(chunk)])
+        finally:
+            set_training(self.module)
+
+    def state_dict(self) -> dict:
+        state = {
+            "model": trainable_state(self.module),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "scheduler": None,  # the learning rate is constant
+        }
+        if self.discriminator is not None:
+            state["discriminator"] = self.discriminator.state_dict()
+            state["discriminator_optimizer"] = self.critic_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        frozen = {name for name, p in self.module.named_parameters() if not p.requires_grad}
+        missing, unexpected = self.module.load_state_dict(state["model"], strict=False)
+        if unexpected or set(missing) - frozen:
+            raise FinetuneError(f"--resume: the snapshot's model does not match ({(unexpected or sorted(set(missing) - frozen))[:3]}); delete it to start over")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.discriminator is not None:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.critic_optimizer.load_state_dict(state["discriminator_optimizer"])
+
+
+def set_training(model: nn.Module) -> None:
+    """Train mode, with BatchNorm statistics frozen (see the module docstring)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def trainable_state(model: nn.Module) -> dict[str, Tensor]:
+    """What training changes: the trained parameters and every buffer (spectral-norm vectors among them).
+
+    Frozen weights are not stored: a resumed run reads them from the start model again.
+    """
+    keep = {name for name, p in model.named_parameters() if p.requires_grad} | {name for name, _ in model.named_buffers()}
+    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items() if name in keep}
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _resume_settings(config: FinetuneConfig, precision: str) -> dict:
+    settings = {name: value for name, value in asdict(config).items() if name in RESUME_MUST_MATCH}
+    settings["betas"] = list(settings["betas"])
+    settings["precision"] = precision
+    settings["model"] = str(config.model)
+    return settings
+
+
+def _mean_delta_e(rgb: Tensor, truth_lab: Tensor) -> float:
+    return float(delta_e_ciede2000(rgb_to_lab(rgb), truth_lab).mean())
+
+
+def _mean_colorfulness(rgb: Tensor) -> float:
+    return float(np.mean([colorfulness(image) for image in rgb]))
+
+
+def _count_reasons(skipped: list[Skipped]) -> str:
+    counts: dict[str, int] = {}
+    for item in skipped:
+        reason = "unreadable" if item.reason.startswith("cannot read") or item.reason.startswith("not an image") else item.reason.split(" (")[0]
+        counts[reason] = counts.get(reason, 0) + 1
+    return ", ".join(f"{count} {reason}" for reason, count in counts.items())
+
+
+def _rng_states() -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+    }
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    random.setstate(_as_tuples(states["python"]))
+    kind, keys, *rest = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+
+
+def _as_tuples(value):
+    """random.setstate wants the tuples that torch.load may give back as lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
