@@ -12,7 +12,8 @@ it is imported when a run starts.
 from __future__ import annotations
 
 _LAZY = {
-    "FinetuneConfig": "trainer",
+    "FinetuneConfig": "config",
+    "FinetuneRun": "trainer",
     "FinetuneError": "trainer",
     "FinetuneResult": "trainer",
     "TrainingError": "trainer",

@@ -37,8 +37,10 @@ from torch import Tensor, nn
 from ..checkpoint import read_state_dict, resolve_source
 from ..color import colorfulness, delta_e_ciede2000, lab_to_rgb, rgb_to_lab
 from ..model import SIZE_MULTIPLE
+from ..precision import PRECISIONS
 from . import trainable
 from .data import Batch, Photo, PhotoSet, SampleOrder, Skipped, hold_out, photos_from_batch, prepare, training_batch
+from .config import FinetuneConfig, TRAIN_CHOICES
 from .distributed import Distributed
 from .files import CHECKPOINT_SUFFIXES, RunFiles, write_atomically
 from .losses import AdversarialLoss, Discriminator, PaperLosses, PerceptualWeightsMissing, enhance_colors
@@ -46,8 +48,6 @@ from .report import GRID_ROWS, History, draw_curves, draw_grid, summary_lines
 
 log = logging.getLogger("ddcolor")
 
-TRAIN_CHOICES = ("all", "decoder", "lora")
-PRECISION_CHOICES = ("auto", "fp16", "bf16", "fp32")
 # A run whose loss or gradients stay non-finite this long will not recover by itself.
 MAX_SKIPPED_IN_A_ROW = 25
 # What a resumed run must share with the snapshot to continue the same sequence.
@@ -61,35 +61,6 @@ class FinetuneError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training failed part-way (out of memory, a loss that stays non-finite); the message says what to try."""
-
-
-@dataclass
-class FinetuneConfig:
-    output: Path  # the checkpoint to write: .pth or .safetensors
-    model: str = "ddcolor_modelscope"  # start from: a published name or a checkpoint path
-    models_dir: Path | None = None  # where published models are kept
-    steps: int = 2000
-    batch: int = 4
-    size: int = 256  # training crop, a multiple of 32 (the published models trained at 256)
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.99)
-    precision: str = "auto"
-    train: str = "all"  # all, decoder (encoder frozen) or lora
-    rank: int = 8  # LoRA rank
-    checkpointing: bool = False
-    val_every: int = 200  # 0: only before and after training
-    save_every: int = 200  # 0: a snapshot only when stopped
-    resume: bool = False
-    seed: int = 0
-    device: str = "cpu"
-    perceptual: bool = True
-    gan: bool = False
-    initial_loss_scale: float = 2.0**16  # fp16 only (torch's default)
-    reports_dir: Path | None = None  # where the log, PNGs and snapshot go (default: beside output)
-
-    def files(self) -> RunFiles:
-        return RunFiles.beside(Path(self.output), self.reports_dir)
 
 
 @dataclass
@@ -131,16 +102,7 @@ def finetune(
     written and the result comes back with ``stopped`` (``config.resume``
     continues from it). Under ``torchrun`` each process calls this the same way.
     """
-    device = torch.device(config.device)
-    dist = Distributed.from_environment(device)
-    say = say if dist.main else (lambda message: None)
-    try:
-        return _Run(config, dist, dist.device(device), say or log.info).train(
-            _as_photos(train_images), None if val_images is None else _as_photos(val_images),
-            progress or (lambda *_: None), should_stop or (lambda: False),
-        )
-    finally:
-        dist.close()
+    return FinetuneRun(config, train_images, val_images, say=say).train(progress=progress, should_stop=should_stop)
 
 
 def _as_photos(images: ImagesIn) -> list[Photo]:
@@ -165,8 +127,8 @@ def check_config(config: FinetuneConfig, world: int = 1) -> None:
         refuse(f"--lr {config.lr}: use a positive learning rate (1e-4 is the paper's)")
     if config.train not in TRAIN_CHOICES:
         refuse(f"--train {config.train}: use one of {', '.join(TRAIN_CHOICES)}")
-    if config.precision not in PRECISION_CHOICES:
-        refuse(f"--precision {config.precision}: use one of {', '.join(PRECISION_CHOICES)}")
+    if config.precision not in PRECISIONS:
+        refuse(f"--precision {config.precision}: use one of {', '.join(PRECISIONS)}")
     if config.train == "lora" and config.rank <= 0:
         refuse(f"--rank {config.rank}: a LoRA rank is 1 or more (8 is a common start)")
     if config.val_every < 0 or config.save_every < 0:
@@ -177,14 +139,27 @@ def check_config(config: FinetuneConfig, world: int = 1) -> None:
         refuse(f"-o {config.output}: name the checkpoint .pth or .safetensors")
 
 
-class _Run:
-    """One run: the checks, the data, the trainer, and the loop that drives them."""
+class FinetuneRun:
+    """One run in two parts: checking everything and reading the photos (the constructor, which
+    raises ``FinetuneError`` for any mistake), then ``train``. The command line fetches a
+    published start model in between, so that a mistake never waits for a download."""
 
-    def __init__(self, config: FinetuneConfig, dist: Distributed, device: torch.device, say: Callable[[str], None]):
-        self.config, self.dist, self.device, self.say = config, dist, device, say
+    def __init__(self, config: FinetuneConfig, train_images: ImagesIn, val_images: ImagesIn | None = None, *,
+                 say: Callable[[str], None] | None = None):
+        device = torch.device(config.device)
+        self.dist = Distributed.from_environment(device)
+        self.config, self.device = config, self.dist.device(device)
+        self.say = (say or log.info) if self.dist.main else (lambda message: None)
         self.files = config.files()
         self.history = History()
         self.start_rgb: Tensor | None = None  # the start model's validation colors, for the grid
+        try:
+            self.train_set, self.val_set, self.skipped, self.snapshot = self._check(
+                _as_photos(train_images), None if val_images is None else _as_photos(val_images)
+            )
+        except BaseException:
+            self.dist.close()
+            raise
 
     # ------------------------------------------------------------------ before any work
 
@@ -249,15 +224,23 @@ class _Run:
     def _autocast(self):
         return trainable.autocast(self.precision, self.device)
 
-    def train(self, train_photos: list[Photo], val_photos: list[Photo] | None, progress: Progress,
-              should_stop: Callable[[], bool]) -> FinetuneResult:
+    def train(self, *, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> FinetuneResult:
+        """Load the start model and train; see ``finetune``."""
+        try:
+            return self._train(progress or (lambda *_: None), should_stop or (lambda: False))
+        finally:
+            self.dist.close()
+
+    def _train(self, progress: Progress, should_stop: Callable[[], bool]) -> FinetuneResult:
         config, say = self.config, self.say
-        train_set, val_set, skipped, snapshot = self._check(train_photos, val_photos)
+        train_set, val_set, skipped, snapshot = self.train_set, self.val_set, self.skipped, self.snapshot
         if skipped:
             say(f"left out {len(skipped)} photo(s): {_count_reasons(skipped)}")
             for item in skipped:
                 if not item.reason.endswith("(no color to learn from)") and item.reason != "grayscale":
                     say(f"  {item.name}: {item.reason}")
+        if self.dist.main and snapshot is None:  # a new log (a resumed one is rewritten from the snapshot)
+            self.history.write_log(self.files.log)
         source = resolve_source(config.model, config.models_dir)
         model = trainable.trainable_model(
             read_state_dict(source), train=config.train, rank=config.rank, checkpointing=config.checkpointing, source=str(source)
