@@ -226,8 +226,12 @@ class FinetuneRun:
 
     def train(self, *, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> FinetuneResult:
         """Load the start model and train; see ``finetune``."""
+        # Every random start (adapters, the discriminator) from the seed, the caller's generator untouched.
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
-            return self._train(progress or (lambda *_: None), should_stop or (lambda: False))
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.config.seed)
+                return self._train(progress or (lambda *_: None), should_stop or (lambda: False))
         finally:
             self.dist.close()
 
@@ -298,7 +302,7 @@ class FinetuneRun:
                 self._save_snapshot(step, train_set, val_set)
             say(f"stopped at step {step} of {config.steps}; snapshot {self.files.snapshot} (continue with --resume)")
         else:
-            if val is not None and self.history.validations[-1]["step"] != step:
+            if val is not None and all(v["step"] != step for v in self.history.validations):
                 self._validate(step, val)
             if self.dist.main:
                 trainable.save_checkpoint(trainable.published_state_dict(self.trainer.module), config.output)
@@ -494,9 +498,18 @@ def trainable_state(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    import warnings
+
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Depthwise conv weights (C, 1, k, k): a size-1 dimension's stride differs between the
+    # gradient and DDP's bucket, which changes nothing; PyTorch warns about it at every step.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+
+    # Some parameters may get no gradient (DDColor keeps ConvNeXt's unused final norm, as the
+    # authors' training did with the same setting); DDP must not wait for them.
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
 
 
 def _resume_settings(config: FinetuneConfig, precision: str) -> dict:
