@@ -177,23 +177,37 @@ def fold_spectral_norm(state: dict[str, Tensor], source: str = "checkpoint") -> 
             weight, u, v = (folded.pop(prefix + s).float() for s in ("_orig", "_u", "_v"))
         except KeyError as e:
             raise CheckpointError(f"{source} has {key} but not {e.args[0]}; the file is incomplete") from e
-        matrix = weight.flatten(1)
-        if u.shape != (matrix.shape[0],) or v.shape != (matrix.shape[1],):
+        if u.shape != (weight.shape[0],) or v.shape != (weight[0].numel(),):
             raise CheckpointError(f"{source}: spectral-norm vectors of {prefix} do not match its weight {tuple(weight.shape)}")
-        sigma = torch.dot(u, torch.mv(matrix, v))
-        folded[prefix] = weight / sigma
+        folded[prefix] = weight / spectral_sigma(weight, u, v)
     return folded
+
+
+def spectral_sigma(weight: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """The spectral norm estimate ``u . (W v)`` of a conv weight (rows: output channels)."""
+    return torch.dot(u, torch.mv(weight.flatten(1), v))
+
+
+def network_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` without a DataParallel ``module.`` prefix and without ``IGNORED_KEYS``."""
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return {k: v for k, v in state.items() if k not in IGNORED_KEYS}
 
 
 def model_from_state_dict(state: dict[str, Tensor], source: str = "checkpoint") -> DDColor:
     """Build the network on the CPU in FP32 and load ``state`` strictly."""
-    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
+    state = network_tensors(state)
     config = config_from_state_dict(state, source)
     state = fold_spectral_norm(state, source)
     with torch.device("meta"):
         model = DDColor(config)
+    load_strictly(model, state, source)
+    return model.eval().requires_grad_(False)
+
+
+def load_strictly(model: DDColor, state: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Load ``state`` into ``model`` (built on the meta device) as FP32, or say what does not match."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -204,7 +218,7 @@ def model_from_state_dict(state: dict[str, Tensor], source: str = "checkpoint") 
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise CheckpointError(
-            f"{source} does not match the DDColor {config.variant} layout: {'; '.join(problems)} keys. "
+            f"{source} does not match the DDColor {model.config.variant} layout: {'; '.join(problems)} keys. "
             "It is truncated, from another model, or from an unsupported DDColor variant."
         )
     for key, tensor in expected.items():
@@ -215,7 +229,6 @@ def model_from_state_dict(state: dict[str, Tensor], source: str = "checkpoint") 
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.name = Path(source).name
-    return model.eval().requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------- locating and downloading

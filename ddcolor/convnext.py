@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .layers import CHUNK_ELEMENTS, FP32Conv2d, LayerNorm, LayerNorm2d, Linear
+from .layers import CHUNK_ELEMENTS, FP32Conv2d, LayerNorm, LayerNorm2d, Linear, checkpointed
 
 VARIANTS = {
     "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
@@ -46,6 +46,11 @@ class Block(nn.Module):
         """``x``: FP32 residual stream (B, C, H, W) -> the next one."""
         out = self.dwconv(x).permute(0, 2, 3, 1)  # B, H, W, C view
         residual = x.permute(0, 2, 3, 1)
+        if torch.is_grad_enabled():
+            # Training: autograd keeps the expansion anyway, so bands would save
+            # nothing, and writing over `out` would destroy what the norm saved.
+            band = self.pwconv2(self.act(self.pwconv1(self.norm(out))))
+            return (residual + band.float() * self.gamma).permute(0, 3, 1, 2)
         # The 4x-wide MLP runs over row bands so its expansion never exists for
         # the whole image; each band overwrites its own rows of `out`.
         batch, height, width, dim = out.shape
@@ -86,6 +91,9 @@ class Block(nn.Module):
 
 
 class ConvNeXt(nn.Module):
+    # Training: recompute each block in the backward pass instead of keeping its activations.
+    gradient_checkpointing = False
+
     def __init__(self, depths: tuple[int, ...], dims: tuple[int, ...], in_chans: int = 3):
         super().__init__()
         self.downsample_layers = nn.ModuleList(
@@ -110,7 +118,7 @@ class ConvNeXt(nn.Module):
             # channels-last makes the NHWC views in Block free and suits oneDNN.
             stream = self.downsample_layers[i](stream).contiguous(memory_format=torch.channels_last)
             for block in self.stages[i]:
-                stream = block(stream)
+                stream = checkpointed(block, stream, enabled=self.gradient_checkpointing)
             taps.append(getattr(self, f"norm{i}")(stream).to(tap_dtype))
         return taps
 

@@ -20,6 +20,7 @@ from .layers import (
     Linear,
     MultiheadAttention,
     blur_upsampled,
+    checkpointed,
     sine_position_encoding,
 )
 
@@ -111,6 +112,9 @@ class MultiScaleColorDecoder(nn.Module):
     """Color queries refined by ``num_layers`` x (cross-attn -> self-attn -> FFN),
     cycling over the feature scales, then embedded to the pixel feature width."""
 
+    # Training: recompute each layer in the backward pass instead of keeping its activations.
+    gradient_checkpointing = False
+
     def __init__(
         self,
         in_channels: list[int],
@@ -150,10 +154,16 @@ class MultiScaleColorDecoder(nn.Module):
         query_pos = self.query_embed.weight.expand(batch, -1, -1)
         for i in range(len(self.transformer_ffn_layers)):
             level = i % len(features)
-            queries = self.transformer_cross_attention_layers[i](queries, query_pos, memories[level], positions[level])
-            queries = self.transformer_self_attention_layers[i](queries, query_pos)
-            queries = self.transformer_ffn_layers[i](queries)
+            queries = checkpointed(
+                self.layer, i, queries, query_pos, memories[level], positions[level], enabled=self.gradient_checkpointing
+            )
         return self.color_embed(self.decoder_norm(queries))
+
+    def layer(self, i: int, queries: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor) -> Tensor:
+        """Layer ``i``: cross-attention to one scale, self-attention, FFN."""
+        queries = self.transformer_cross_attention_layers[i](queries, query_pos, memory, memory_pos)
+        queries = self.transformer_self_attention_layers[i](queries, query_pos)
+        return self.transformer_ffn_layers[i](queries)
 
 
 class Decoder(nn.Module):

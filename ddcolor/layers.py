@@ -9,10 +9,19 @@ Precision contract used throughout the network:
   compute in FP32, then hand back the dtype they were given. Each pinned module
   lists the tensors it keeps in FP32 in ``fp32_tensors``; ``precision.py``
   reads that list and nothing else.
+
+Training runs the same modules under ``torch.autocast`` with FP32 weights;
+autocast would cast every conv and matmul to half, pinned ones included, so
+pinned computations run with autocast off (``pinned``, ``autocast_off``).
+Where the inference path saves memory by writing in place over tensors that
+autograd would need, it takes an out-of-place branch while autograd records
+(``torch.is_grad_enabled()``); inference is unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import torch
@@ -27,6 +36,34 @@ CHUNK_ELEMENTS = 1 << 24
 # kept smaller still: they are what half precision would otherwise not save.
 NORM_CHUNK_ELEMENTS = 1 << 20
 ATTENTION_CHUNK_ELEMENTS = 1 << 20
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """A block in which nothing on ``device`` is autocast: pinned FP32 computations inside a training forward."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def pinned(forward):
+    """Decorate the ``forward(self, x, ...)`` of a pinned module: it computes in FP32 even under autocast."""
+
+    @functools.wraps(forward)
+    def run(self, x: Tensor, *args, **kwargs):
+        with autocast_off(x.device):
+            return forward(self, x, *args, **kwargs)
+
+    return run
+
+
+def checkpointed(fn, *args, enabled: bool):
+    """``fn(*args)``; with ``enabled`` while autograd records, the activations inside
+    ``fn`` are recomputed in the backward pass instead of kept (gradient checkpointing)."""
+    if enabled and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 class Conv2d(nn.Conv2d):
@@ -48,6 +85,7 @@ class FP32Conv2d(nn.Conv2d):
 
     fp32_tensors = ("weight", "bias")
 
+    @pinned
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.float())
 
@@ -86,6 +124,7 @@ class LayerNorm(nn.LayerNorm):
 
     fp32_tensors = ("weight", "bias")
 
+    @pinned
     def forward(self, x: Tensor) -> Tensor:
         return in_fp32(x, lambda t: F.layer_norm(t, self.normalized_shape, self.weight, self.bias, self.eps), dim=-2)
 
@@ -105,6 +144,7 @@ class LayerNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.eps = eps
 
+    @pinned
     def forward(self, x: Tensor) -> Tensor:
         def norm(t: Tensor) -> Tensor:
             y = F.layer_norm(t.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
@@ -118,6 +158,7 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     fp32_tensors = ("weight", "bias", "running_mean", "running_var")
 
+    @pinned
     def forward(self, x: Tensor) -> Tensor:
         if self.training:  # batch statistics need the whole batch at once
             return super().forward(x.float()).to(x.dtype)
@@ -166,10 +207,14 @@ class MultiheadAttention(nn.Module):
             # sharp attention would shift by percents.
             keys = k[:, h].float().transpose(-1, -2)
             for r in range(0, len_q, rows):
-                scores = q[:, h, r : r + rows].float() @ keys
-                scores -= scores.amax(dim=-1, keepdim=True)  # softmax, in place
-                scores.exp_()
-                scores /= scores.sum(dim=-1, keepdim=True)
+                with autocast_off(q.device):
+                    scores = q[:, h, r : r + rows].float() @ keys
+                    if torch.is_grad_enabled():  # autograd needs the logits and the softmax both
+                        scores = scores.softmax(dim=-1)
+                    else:  # softmax, in place
+                        scores -= scores.amax(dim=-1, keepdim=True)
+                        scores.exp_()
+                        scores /= scores.sum(dim=-1, keepdim=True)
                 out[:, h, r : r + rows] = scores.to(dtype) @ v[:, h]
             del keys
         out = out.transpose(1, 2).reshape(batch, len_q, heads * head_dim)

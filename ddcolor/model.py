@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .convnext import VARIANTS, Encoder
 from .decoder import Decoder
-from .layers import CHUNK_ELEMENTS, Conv2d, blur_upsampled
+from .layers import CHUNK_ELEMENTS, Conv2d, autocast_off, blur_upsampled, checkpointed
 from .precision import full_precision
 
 log = logging.getLogger("ddcolor")
@@ -68,6 +68,8 @@ class DDColor(nn.Module):
 
     # Input normalization constants; half of them would shift the input.
     fp32_tensors = ("mean", "std")
+    # Training: recompute the head's sub-pixel groups in the backward pass instead of keeping them.
+    gradient_checkpointing = False
 
     def __init__(self, config: DDColorConfig):
         super().__init__()
@@ -128,8 +130,9 @@ class DDColor(nn.Module):
         scale = self.decoder.last_shuf.scale
         groups = scale * scale
         weight_q, weight_x = refine.weight.flatten(1).float().split([color_embed.shape[1], 3], dim=1)
-        # (B, 2, C): what refine does with the query maps, per feature channel.
-        mixing = (weight_q @ color_embed.float()).to(conv.weight.dtype)
+        with autocast_off(x.device):
+            # (B, 2, C): what refine does with the query maps, per feature channel.
+            mixing = (weight_q @ color_embed.float()).to(conv.weight.dtype)
 
         channels = conv.weight.shape[0] // groups
         # Pixel shuffle reads conv channel c * groups + g into sub-pixel g of channel c.
@@ -143,15 +146,22 @@ class DDColor(nn.Module):
             n = min(step, groups - g)
             w = conv_weight[g : g + n].reshape(n * channels, -1, 1, 1)
             b = conv_bias[g : g + n].reshape(n * channels)
-            y = F.relu_(F.conv2d(features, w, b)).view(batch, n, channels, height * width)
-            mixed = mixing[:, None] @ y  # (B, n, 2, h*w)
-            sub_pixels[:, :, g : g + n] = mixed.view(batch, n, 2, height, width).transpose(1, 2)
-        ab = blur_upsampled(F.pixel_shuffle(sub_pixels.view(batch, 2 * groups, height, width), scale))
-        # refine sees the normalized input (x - mean) / std; fold that into its
-        # weights rather than keep a normalized copy of the image alive.
-        weight_x = weight_x / self.std.view(1, 3)
-        bias = refine.bias.float() - weight_x @ self.mean.view(3)
-        return ab + F.conv2d(x, weight_x[:, :, None, None], bias)
+            mixed = checkpointed(_mixed_sub_pixels, features, w, b, mixing, enabled=self.gradient_checkpointing)
+            sub_pixels[:, :, g : g + n] = mixed.transpose(1, 2)
+        with autocast_off(x.device):
+            ab = blur_upsampled(F.pixel_shuffle(sub_pixels.view(batch, 2 * groups, height, width), scale))
+            # refine sees the normalized input (x - mean) / std; fold that into its
+            # weights rather than keep a normalized copy of the image alive.
+            weight_x = weight_x / self.std.view(1, 3)
+            bias = refine.bias.float() - weight_x @ self.mean.view(3)
+            return ab + F.conv2d(x, weight_x[:, :, None, None], bias)
+
+
+def _mixed_sub_pixels(features: Tensor, weight: Tensor, bias: Tensor, mixing: Tensor) -> Tensor:
+    """``mixing`` (B, 2, C) applied to ``relu(conv_1x1(features))`` for n sub-pixel groups -> (B, n, 2, h, w)."""
+    batch, _, height, width = features.shape
+    y = F.relu_(F.conv2d(features, weight, bias)).view(batch, -1, mixing.shape[2], height * width)
+    return (mixing[:, None] @ y).view(batch, -1, 2, height, width)
 
 
 def plausible_ab(ab: Tensor) -> Tensor:

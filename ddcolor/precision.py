@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
 from typing import Iterator
 
@@ -195,3 +195,42 @@ def fp32_modules(model: nn.Module) -> list[str]:
     """
     kept = set(getattr(model, "kept_in_fp32", ()))
     return [name for name, module in model.named_modules() if getattr(module, "fp32_tensors", ()) or name in kept]
+
+
+# ----------------------------------------------------------------------------- training
+
+# What fine-tuning runs its forward and backward in (``--precision``).
+TRAINING_PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+
+
+def training_precision(requested: str, device: torch.device | str) -> str:
+    """The autocast type a fine-tuning run uses on ``device``: "fp16", "bf16" or "fp32".
+
+    The model's weights and the optimizer's state stay FP32 whatever this
+    says: ``autocast`` runs convs and matmuls in half, and the computations
+    inference keeps FP32 (normalization, softmax logits, the ConvNeXt stream
+    and its writers, the head's mixing: ``layers.pinned``) stay FP32.
+    ``auto`` picks half where inference does: fp16 on CUDA and MPS (it needs
+    dynamic loss scaling), bf16 on a CPU with native bf16 units, else fp32.
+    """
+    if requested not in TRAINING_PRECISIONS:
+        raise ValueError(f"training precision must be one of {', '.join(TRAINING_PRECISIONS)}; got {requested!r}")
+    device = torch.device(device)
+    if requested == "auto":
+        if device.type in ("cuda", "mps"):
+            return "fp16"
+        return "bf16" if device.type == "cpu" and cpu_bf16_units() else "fp32"
+    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; choose fp16 or fp32")
+    if requested != "fp32" and device.type == "cpu" and not cpu_bf16_units():
+        log.warning("ddcolor: this CPU has no native half-precision units; %s training is emulated and slow", requested)
+    return requested
+
+
+def autocast(precision: str, device: torch.device | str) -> AbstractContextManager:
+    """The context to run a training forward in: ``torch.autocast`` to ``precision``'s type, nothing for fp32."""
+    if precision not in ("fp16", "bf16", "fp32"):
+        raise ValueError(f"autocast needs fp16, bf16 or fp32 (see training_precision); got {precision!r}")
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=DTYPES[precision])

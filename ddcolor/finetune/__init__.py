@@ -1,24 +1,33 @@
 """Fine-tuning DDColor on one's own color photos (``python -m ddcolor finetune``, the Fine-tune node).
 
+Imported on demand only: never by ``ddcolor`` or the node pack at import, and
+the names below load their module when first used, so the command line can
+build its options (``config``) without importing the training code.
+
 * ``trainer``: ``finetune(FinetuneConfig, train_images, ...)``, the loop, snapshots and resume;
-* ``trainable``: the network in training form (all, decoder only, LoRA), mixed precision, saving;
+* ``trainable``: a DDColor that trains as the original does (all, decoder only, LoRA),
+  ``published_state_dict`` and ``save_checkpoint``; the training precision policy,
+  ``training_precision`` and ``autocast``, lives with the inference one in ddcolor/precision.py;
 * ``losses``: the paper's losses and discriminator; ``data``: photos, crops, hold-out;
 * ``report``: the log, the validation grid and loss curves; ``distributed``: torchrun (DDP).
-
-Nothing imports this package at ``import ddcolor`` or when the node pack loads;
-it is imported when a run starts.
 """
 
 from __future__ import annotations
 
 _LAZY = {
-    "FinetuneConfig": "config",
-    "FinetuneRun": "trainer",
-    "FinetuneError": "trainer",
-    "FinetuneResult": "trainer",
-    "TrainingError": "trainer",
-    "finetune": "trainer",
-    "Photo": "data",
+    "FinetuneConfig": ".config",
+    "FinetuneError": ".trainer",
+    "FinetuneResult": ".trainer",
+    "FinetuneRun": ".trainer",
+    "TrainingError": ".trainer",
+    "finetune": ".trainer",
+    "Photo": ".data",
+    "published_state_dict": ".trainable",
+    "save_checkpoint": ".trainable",
+    "trainable_model": ".trainable",
+    "trainable_parameters": ".trainable",
+    "autocast": "..precision",
+    "training_precision": "..precision",
 }
 
 __all__ = sorted(_LAZY)
@@ -28,5 +37,5 @@ def __getattr__(name: str):
     if name in _LAZY:
         from importlib import import_module
 
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+        return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

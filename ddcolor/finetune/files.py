@@ -8,8 +8,6 @@ unfinished, ``my_ddcolor_snapshot.pt`` (what ``--resume`` continues from).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,14 +38,8 @@ class RunFiles:
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(temporary path)`` in ``path``'s folder, then rename it over ``path``: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(descriptor)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """``write(temporary path)`` beside ``path``, then renamed over it: never half a file."""
+    from ..cli.imageio import atomic_path  # the one implementation (fsync, permissions, cleanup)
+
+    with atomic_path(Path(path)) as temporary:
+        write(temporary)

@@ -4,7 +4,7 @@
     result = finetune(FinetuneConfig(output="my_ddcolor.pth", steps=2000), train_images=photos)
 
 Mixed precision is PyTorch's AMP recipe: FP32 master weights and optimizer
-state, the forward under ``trainable.autocast`` (which keeps normalization,
+state, the forward under ``precision.autocast`` (which keeps normalization,
 softmax and the ConvNeXt residual stream FP32), then
 ``scaler.scale(loss).backward()``, ``scaler.step``, ``scaler.update()``. The
 loss is scaled in fp16 on every device (fp16 gradients underflow wherever they
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..checkpoint import read_state_dict, resolve_source
 from ..color import colorfulness, delta_e_ciede2000, lab_to_rgb, rgb_to_lab
 from ..model import SIZE_MULTIPLE
-from ..precision import PRECISIONS
+from ..precision import TRAINING_PRECISIONS, autocast, training_precision
 from . import trainable
 from .data import Batch, Photo, PhotoSet, SampleOrder, Skipped, hold_out, photos_from_batch, prepare, training_batch
 from .config import FinetuneConfig, TRAIN_CHOICES
@@ -127,8 +127,8 @@ def check_config(config: FinetuneConfig, world: int = 1) -> None:
         refuse(f"--lr {config.lr}: use a positive learning rate (1e-4 is the paper's)")
     if config.train not in TRAIN_CHOICES:
         refuse(f"--train {config.train}: use one of {', '.join(TRAIN_CHOICES)}")
-    if config.precision not in PRECISIONS:
-        refuse(f"--precision {config.precision}: use one of {', '.join(PRECISIONS)}")
+    if config.precision not in TRAINING_PRECISIONS:
+        refuse(f"--precision {config.precision}: use one of {', '.join(TRAINING_PRECISIONS)}")
     if config.train == "lora" and config.rank <= 0:
         refuse(f"--rank {config.rank}: a LoRA rank is 1 or more (8 is a common start)")
     if config.val_every < 0 or config.save_every < 0:
@@ -167,7 +167,10 @@ class FinetuneRun:
         config = self.config
         check_config(config, self.dist.world)
         snapshot = self._find_snapshot()
-        self.precision = trainable.training_precision(config.precision, self.device)
+        try:
+            self.precision = training_precision(config.precision, self.device)
+        except ValueError as e:
+            raise FinetuneError(f"--precision {config.precision}: {e}") from None
         try:
             self.losses = PaperLosses(perceptual=config.perceptual, gan=config.gan, autocast=self._autocast)
         except PerceptualWeightsMissing as e:
@@ -222,7 +225,7 @@ class FinetuneRun:
     # ------------------------------------------------------------------ the run
 
     def _autocast(self):
-        return trainable.autocast(self.precision, self.device)
+        return autocast(self.precision, self.device)
 
     def train(self, *, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> FinetuneResult:
         """Load the start model and train; see ``finetune``."""
@@ -404,7 +407,7 @@ class Trainer:
             self.critic_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=config.betas)
 
     def _autocast(self):
-        return trainable.autocast(self.precision, self.device)
+        return autocast(self.precision, self.device)
 
     @property
     def loss_scale(self) -> float:
