@@ -179,7 +179,7 @@ def summary_lines(history: History) -> list[str]:
         window = max(1, min(10, len(finite) // 4))
         lines.append(f"loss {np.mean(finite[:window]):.4g} over the first {window} step(s), {np.mean(finite[-window:]):.4g} over the last {window}")
     if history.skipped_steps:
-        lines.append(f"{history.skipped_steps} step(s) skipped: gradients overflowed (the loss scale was lowered) or the loss was not finite")
+        lines.append(f"{history.skipped_steps} step(s) skipped: gradients overflowed (the loss scale was lowered; a few at the start of fp16 training are normal) or the loss was not finite")
     validations = history.validations
     if validations:
         start, last, best = validations[0], validations[-1], history.best_validation()
