@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ from PIL import Image
 import ddcolor
 from ddcolor.checkpoint import read_state_dict
 from ddcolor.cli import main
+from ddcolor.cli.finetune import photos_from_files
 from ddcolor.cli.imageio import read_image
 from ddcolor.color import lab_to_rgb
 from ddcolor.precision import autocast
@@ -293,6 +297,35 @@ def test_cli_writes_a_checkpoint_that_loads_strictly_and_its_reports(tmp_path, s
     assert not list(tmp_path.glob("other*"))
 
 
+def test_ctrl_c_stops_at_the_next_step_and_keeps_a_snapshot(tmp_path, small_checkpoint):
+    photos = write_photos(tmp_path / "photos", 3)
+    output = tmp_path / "mine.pth"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ddcolor", "finetune", str(photos), "-o", str(output), "--model", str(small_checkpoint),
+         "--steps", "1000", "--batch", "1", "--size", str(SIZE), "--no-perceptual", "--val-every", "0", "--device", "cpu",
+         "--precision", "fp32"],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        seen = b""
+        while b"[step " not in seen:  # training is under way
+            assert time.monotonic() < deadline, f"no progress line within 120 s: {seen!r}"
+            assert process.poll() is None, f"exited early: {seen!r}"
+            if select.select([process.stderr], [], [], 1.0)[0]:
+                seen += os.read(process.stderr.fileno(), 4096)
+        process.send_signal(signal.SIGINT)
+        _, stderr = (b.decode() for b in process.communicate(timeout=120))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "stopping after this step" in stderr and "(continue with --resume)" in stderr
+    assert (tmp_path / "mine_snapshot.pt").is_file() and not output.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
 def test_command_line_and_colorize_do_not_import_the_training_code():
     probe = ("import sys; from ddcolor.cli.commands import build_parser; build_parser(); "
              "print(sorted(m for m in sys.modules if m.startswith('ddcolor.finetune.') and m != 'ddcolor.finetune.config' "
@@ -312,24 +345,21 @@ import os, sys
 import torch.distributed as dist
 dist.init_process_group("gloo", init_method=sys.argv[1], rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
 from ddcolor.cli import main
+from ddcolor.cli.finetune import photos_from_files
 code = main(sys.argv[2:])
 dist.destroy_process_group()
 raise SystemExit(code)
 """
 
 
-def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path, small_checkpoint, capsys):
-    photos = write_photos(tmp_path / "photos", 5)
-    common = ["finetune", str(photos), "--model", str(small_checkpoint), "--steps", "3", "--batch", "2",
-              "--size", str(SIZE), "--no-perceptual", "--val-every", "0", "--device", "cpu", "--precision", "fp32"]
-    assert main([*common, "-o", str(tmp_path / "one.pth")]) == 0
-
+def run_two_processes(tmp_path: Path, arguments: list[str], rendezvous: str) -> list[tuple[str, str]]:
+    """Run the command in two gloo processes; their (stdout, stderr). Stops exactly what it started."""
     started = []
     try:
         for rank in range(2):
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": "lo",
                    "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
-            command = [sys.executable, "-c", RANK_PROCESS, f"file://{tmp_path / 'rendezvous'}", *common, "-o", str(tmp_path / "two.pth")]
+            command = [sys.executable, "-c", RANK_PROCESS, f"file://{tmp_path / rendezvous}", *arguments]
             started.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         outputs = [process.communicate(timeout=300) for process in started]
     finally:
@@ -339,19 +369,42 @@ def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path, small_checkp
                 process.wait()
     assert [p.returncode for p in started] == [0, 0], [err for _, err in outputs]
     assert "2 processes" in outputs[0][1] and "fine-tuning" not in outputs[1][1]  # rank 1 stays quiet
-    one, two, start = (read_state_dict(path) for path in (tmp_path / "one.pth", tmp_path / "two.pth", small_checkpoint))
-    assert one.keys() == two.keys()
+    return outputs
+
+
+def assert_same_training(start_path: Path, reference_path: Path, other_path: Path) -> None:
+    start, reference, other = (read_state_dict(path) for path in (start_path, reference_path, other_path))
+    assert reference.keys() == other.keys()
     # Compared over the whole update, not element by element: Adam moves a weight by about
     # the learning rate whatever its gradient's size, so the attention key biases (whose
     # gradient is 0 up to rounding: softmax ignores them) step by +-lr at random in both
     # runs. Measured: the updates differ by 1.6% of their size (0.18% without those biases);
     # processes that did not average their gradients would differ by tens of percent.
-    keys = [k for k in one if one[k].is_floating_point()]
-    update = torch.cat([(one[k] - start[k]).flatten() for k in keys])
-    difference = torch.cat([(two[k] - one[k]).flatten() for k in keys])
+    keys = [k for k in reference if reference[k].is_floating_point()]
+    update = torch.cat([(reference[k] - start[k]).flatten() for k in keys])
+    difference = torch.cat([(other[k] - reference[k]).flatten() for k in keys])
     assert update.norm() > 0.05  # training moved the weights
     assert float(difference.norm() / update.norm()) < 0.05
     # And the two models colorize alike: measured 0.04% of how far training moved the colors.
-    photos_in = color_scenes(3, 96, 96, seed=5)
-    colors = [ddcolor.colorize(ddcolor.load_model(path), photos_in, size=SIZE) for path in (small_checkpoint, tmp_path / "one.pth", tmp_path / "two.pth")]
+    photos = color_scenes(3, 96, 96, seed=5)
+    colors = [ddcolor.colorize(ddcolor.load_model(path), photos, size=SIZE) for path in (start_path, reference_path, other_path)]
     assert float((colors[2] - colors[1]).abs().max()) < 0.01 * float((colors[1] - colors[0]).abs().max())
+
+
+def test_two_gloo_processes_train_and_resume_as_one(tmp_path, small_checkpoint, capsys):
+    photos = write_photos(tmp_path / "photos", 5)
+    common = ["finetune", str(photos), "--model", str(small_checkpoint), "--steps", "4", "--batch", "2",
+              "--size", str(SIZE), "--no-perceptual", "--val-every", "0", "--device", "cpu", "--precision", "fp32"]
+    assert main([*common, "-o", str(tmp_path / "one.pth")]) == 0
+
+    run_two_processes(tmp_path, [*common, "-o", str(tmp_path / "two.pth")], "rendezvous_1")
+    assert_same_training(small_checkpoint, tmp_path / "one.pth", tmp_path / "two.pth")
+
+    # A snapshot of one process, continued by two: each reads it, and rank 0 finishes the run.
+    settings = config(tmp_path, small_checkpoint, output=tmp_path / "resumed.pth", steps=4, lr=1e-4, val_every=0)
+    asked = []
+    assert finetune(settings, photos_from_files([str(photos)]), should_stop=lambda: asked.append(1) or len(asked) > 2).steps_done == 2
+    outputs = run_two_processes(tmp_path, [*common, "-o", str(tmp_path / "resumed.pth"), "--resume"], "rendezvous_2")
+    assert "resumed at step 2 of 4" in outputs[0][1]
+    assert not (tmp_path / "resumed_snapshot.pt").exists()
+    assert_same_training(small_checkpoint, tmp_path / "one.pth", tmp_path / "resumed.pth")

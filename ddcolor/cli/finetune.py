@@ -20,7 +20,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from .batch import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Progress, StopRequest, UsageError, find_inputs, refuse_uris, relative_name
+from .batch import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Progress, StopRequest, UsageError, find_inputs, refuse_uris
 
 # How many recent steps the seconds-per-step estimate averages.
 RATE_WINDOW = 20
@@ -65,17 +65,12 @@ def add_finetune_parser(commands, *, default_model: str, published: str) -> None
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError, DownloadError, default_models_dir
     from ..finetune.config import FinetuneConfig
-    from ..finetune.data import Photo
     from ..finetune.trainer import FinetuneError, FinetuneRun, TrainingError
     from .commands import fetch_if_published, resolve_device
-    from .imageio import read_image
 
     refuse_uris(*args.inputs, args.output, args.val)
     main_process = int(os.environ.get("RANK", "0")) == 0
     say = (lambda message: print(message, file=sys.stderr, flush=True)) if main_process else (lambda message: None)
-
-    def photos(patterns: list[str]) -> list[Photo]:
-        return [Photo(relative_name(path), partial(read_image, path)) for path, _ in find_inputs(patterns, recursive=args.recursive)]
 
     models_dir = args.models_dir or default_models_dir()
     config = FinetuneConfig(
@@ -84,8 +79,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         val_every=args.val_every, save_every=args.save_every, resume=args.resume, seed=args.seed,
         device=resolve_device(args.device), perceptual=args.perceptual, gan=args.gan,
     )
-    train_photos = photos(args.inputs)
-    val_photos = photos([args.val]) if args.val else None
+    train_photos = photos_from_files(args.inputs, recursive=args.recursive)
+    val_photos = photos_from_files([args.val], recursive=args.recursive) if args.val else None
     try:
         run = FinetuneRun(config, train_photos, val_photos, say=say)
     except FinetuneError as e:
@@ -111,6 +106,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     say(f"wrote {result.checkpoint} (log {files.log.name}, curves {files.curves.name}"
         + (f", validation grid {files.grid.name})" if result.validations else ")"))
     return EXIT_OK
+
+
+def photos_from_files(patterns: list[str], *, recursive: bool = False) -> list:
+    """The training photos that files, folders and globs name, as ``colorize`` finds them.
+
+    Each is named by its absolute path: a snapshot knows its photos by name, and
+    ``--resume`` may run from another folder."""
+    from ..finetune.data import Photo
+    from .imageio import read_image
+
+    return [Photo(str(path.resolve()), partial(read_image, path)) for path, _ in find_inputs(patterns, recursive=recursive)]
 
 
 class StepProgress:
