@@ -45,6 +45,8 @@ class Photo:
 class Skipped:
     name: str
     reason: str
+    unreadable: bool = False  # else: gray
+    validation: bool = False  # one of the --val photos
 
 
 def photos_from_batch(images: Tensor, prefix: str = "image") -> list[Photo]:
@@ -96,10 +98,10 @@ def prepare(photos: Sequence[Photo], size: int) -> tuple[PhotoSet, list[Skipped]
         try:
             image = torch.as_tensor(np.asarray(photo.load(), dtype=np.float32))
         except (OSError, ValueError, RuntimeError) as e:  # the reader's errors name the file
-            skipped.append(Skipped(photo.name, f"cannot read: {str(e).removeprefix(f'{photo.name}: ')}"))
+            skipped.append(Skipped(photo.name, f"cannot read: {str(e).removeprefix(f'{photo.name}: ')}", unreadable=True))
             continue
         if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-            skipped.append(Skipped(photo.name, f"not an image (shape {tuple(image.shape)})"))
+            skipped.append(Skipped(photo.name, f"not an image (shape {tuple(image.shape)})", unreadable=True))
             continue
         if image.shape[-1] == 1:
             skipped.append(Skipped(photo.name, "grayscale"))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from ..checkpoint import read_state_dict, resolve_source
 from ..color import colorfulness, delta_e_ciede2000, lab_to_rgb, rgb_to_lab
 from ..model import SIZE_MULTIPLE
+from ..pipeline import is_out_of_memory
 from ..precision import TRAINING_PRECISIONS, autocast, training_precision
 from . import trainable
 from .data import Batch, Photo, PhotoSet, SampleOrder, Skipped, hold_out, photos_from_batch, prepare, training_batch
@@ -153,6 +154,7 @@ class FinetuneRun:
         self.files = config.files()
         self.history = History()
         self.start_rgb: Tensor | None = None  # the start model's validation colors, for the grid
+        self.saved_at: int | None = None  # the step of the snapshot on disk
         try:
             self.train_set, self.val_set, self.skipped, self.snapshot = self._check(
                 _as_photos(train_images), None if val_images is None else _as_photos(val_images)
@@ -182,7 +184,7 @@ class FinetuneRun:
         else:
             train_set = photos
             val_set, val_left_out = prepare(val_photos, config.size)
-            skipped += [Skipped(s.name, f"validation: {s.reason}") for s in val_left_out]
+            skipped += [replace(item, validation=True) for item in val_left_out]
         if not len(train_set):
             counts = _count_reasons(skipped)
             raise FinetuneError(
@@ -239,12 +241,22 @@ class FinetuneRun:
             self.dist.close()
 
     def _train(self, progress: Progress, should_stop: Callable[[], bool]) -> FinetuneResult:
-        config, say = self.config, self.say
-        train_set, val_set, skipped, snapshot = self.train_set, self.val_set, self.skipped, self.snapshot
-        if skipped:
-            say(f"left out {len(skipped)} photo(s): {_count_reasons(skipped)}")
-            for item in skipped:
-                if not item.reason.endswith("(no color to learn from)") and item.reason != "grayscale":
+        start, val = self._start()
+        began = time.perf_counter()
+        step, stopped = self._loop(start, val, progress, should_stop)
+        self._finish(step, stopped, val)
+        if step > start:
+            elapsed = time.perf_counter() - began
+            self.say(f"{step - start} step(s) in {elapsed:.1f} s ({elapsed / (step - start):.2f} s/step)")
+        return self._result(step, stopped)
+
+    def _start(self) -> tuple[int, Batch | None]:
+        """Load the start model (and a snapshot), validate it; the first step and the validation batch."""
+        config, say, snapshot = self.config, self.say, self.snapshot
+        if self.skipped:
+            say(f"left out {len(self.skipped)} photo(s): {_count_reasons(self.skipped)}")
+            for item in self.skipped:
+                if item.unreadable:
                     say(f"  {item.name}: {item.reason}")
         if self.dist.main and snapshot is None:  # a new log (a resumed one is rewritten from the snapshot)
             self.history.write_log(self.files.log)
@@ -253,71 +265,81 @@ class FinetuneRun:
             read_state_dict(source), train=config.train, rank=config.rank, checkpointing=config.checkpointing, source=str(source)
         )
         self.trainer = Trainer(model.to(self.device), self.losses.to(self.device), config, self.precision, self.device, self.dist)
-        val = Batch.from_rgb(val_set.crops(range(len(val_set)), None), self.device) if len(val_set) else None
-        start = 0
-        if snapshot is not None:
-            start = self._restore(snapshot)
+        start = 0 if snapshot is None else self._restore(snapshot)
+        if start:
             say(f"resumed at step {start} of {config.steps} from {self.files.snapshot}")
         say(
-            f"fine-tuning {source.name} ({config.train}, {self.precision}) on {self.device}: {len(train_set)} photo(s), "
-            f"{len(val_set)} for validation, {config.steps} steps of {config.batch} at {config.size}"
+            f"fine-tuning {source.name} ({config.train}, {self.precision}) on {self.device}: {len(self.train_set)} photo(s), "
+            f"{len(self.val_set)} for validation, {config.steps} steps of {config.batch} at {config.size}"
             + (f", {self.dist.world} processes" if self.dist.active else "")
         )
-        if val is None:
+        if not len(self.val_set):
             say("no validation: a single photo is all training; give --val DIR to measure progress")
-        elif start == 0:
+            return start, None
+        val = Batch.from_rgb(self.val_set.crops(range(len(self.val_set)), None), self.device)
+        if start == 0:
             self._validate(0, val)
+        return start, val
 
-        order = SampleOrder(len(train_set), config.seed)
+    def _loop(self, step: int, val: Batch | None, progress: Progress, should_stop: Callable[[], bool]) -> tuple[int, bool]:
+        """Train from ``step`` until the last step or a stop request; the step reached and whether stopped."""
+        config = self.config
+        order = SampleOrder(len(self.train_set), config.seed)
         share = self.dist.share(config.batch)
-        began = time.perf_counter()
-        step, stopped, saved_at = start, False, start
         while step < config.steps:
             if self.dist.any(should_stop()):
-                stopped = True
-                break
-            step_began = time.perf_counter()
-            rgb = training_batch(train_set, order, step, config.batch, seed=config.seed, share=share)
-            terms, skipped_step = self.trainer.step(Batch.from_rgb(rgb, self.device))
-            values = self.dist.mean(torch.stack(list(terms.values()))).tolist()
+                return step, True
+            began = time.perf_counter()
+            rgb = training_batch(self.train_set, order, step, config.batch, seed=config.seed, share=share)
+            terms, skipped = self._step(Batch.from_rgb(rgb, self.device))
             step += 1
-            losses = dict(zip(terms, values))
-            record = self.history.record_step(step, losses, skipped=skipped_step, scale=self.trainer.loss_scale,
-                                              seconds=time.perf_counter() - step_began)
+            losses = dict(zip(terms, self.dist.mean(torch.stack(list(terms.values()))).tolist()))
+            record = self.history.record_step(step, losses, skipped=skipped, scale=self.trainer.loss_scale,
+                                              seconds=time.perf_counter() - began)
             if self.dist.main:
                 History.append_log(self.files.log, record)
+                progress(step, config.steps, losses)
             if self.history.skipped_in_a_row() >= MAX_SKIPPED_IN_A_ROW:
                 raise TrainingError(
                     f"the last {MAX_SKIPPED_IN_A_ROW} steps were all skipped (gradients or loss not finite in {self.precision}); "
-                    f"try --precision fp32 or a lower --lr (the snapshot at step {saved_at}, if any, is kept)"
+                    "try --precision fp32 or a lower --lr (the last snapshot, if any, is kept)"
                 )
-            if self.dist.main:
-                progress(step, config.steps, losses)
             if val is not None and config.val_every and step % config.val_every == 0:
                 self._validate(step, val)
             if config.save_every and step % config.save_every == 0 and step < config.steps:
-                self._save_snapshot(step, train_set, val_set)
-                saved_at = step
-        elapsed = time.perf_counter() - began
+                self._save_snapshot(step)
+        return step, False
 
+    def _step(self, batch: Batch) -> tuple[dict[str, Tensor], bool]:
+        try:
+            return self.trainer.step(batch)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            config = self.config
+            raise TrainingError(
+                f"out of memory on {self.device} at --batch {config.batch} --size {config.size} ({config.train}, {self.precision}); "
+                "lower --batch or --size, add --checkpointing, train less (--train decoder or lora), or use --precision fp16 "
+                "(the last snapshot, if any, is kept)"
+            ) from e
+
+    def _finish(self, step: int, stopped: bool, val: Batch | None) -> None:
+        """Stopped: keep a snapshot of ``step``. Done: validate the last step and write the checkpoint."""
         if stopped:
-            if saved_at != step or not self.files.snapshot.exists():
-                self._save_snapshot(step, train_set, val_set)
-            say(f"stopped at step {step} of {config.steps}; snapshot {self.files.snapshot} (continue with --resume)")
+            if self.saved_at != step:
+                self._save_snapshot(step)
+            self.say(f"stopped at step {step} of {self.config.steps}; snapshot {self.files.snapshot} (continue with --resume)")
         else:
             if val is not None and all(v["step"] != step for v in self.history.validations):
                 self._validate(step, val)
             if self.dist.main:
-                trainable.save_checkpoint(trainable.published_state_dict(self.trainer.module), config.output)
+                trainable.save_checkpoint(trainable.published_state_dict(self.trainer.module), self.config.output)
                 self.files.snapshot.unlink(missing_ok=True)
         if self.dist.main:
             draw_curves(self.files.curves, self.history)
         self.dist.barrier()
-        if step > start:
-            say(f"{step - start} step(s) in {elapsed:.1f} s ({elapsed / (step - start):.2f} s/step)")
-        return self._result(step, stopped, train_set, val_set, skipped)
 
-    def _result(self, step: int, stopped: bool, train_set: PhotoSet, val_set: PhotoSet, skipped: list[Skipped]) -> FinetuneResult:
+    def _result(self, step: int, stopped: bool) -> FinetuneResult:
         best = self.history.best_validation()
         return FinetuneResult(
             checkpoint=None if stopped else Path(self.config.output),
@@ -328,9 +350,9 @@ class FinetuneRun:
             validations=self.history.validations,
             best_step=best["step"] if best else None,
             skipped_steps=self.history.skipped_steps,
-            train_photos=len(train_set),
-            validation_photos=len(val_set),
-            skipped_photos=skipped,
+            train_photos=len(self.train_set),
+            validation_photos=len(self.val_set),
+            skipped_photos=self.skipped,
             files=self.files,
             summary=summary_lines(self.history),
         )
@@ -362,16 +384,17 @@ class FinetuneRun:
 
     # ------------------------------------------------------------------ snapshots
 
-    def _save_snapshot(self, step: int, train_set: PhotoSet, val_set: PhotoSet) -> None:
+    def _save_snapshot(self, step: int) -> None:
         """Everything needed to continue as if never stopped, written atomically (rank 0 only)."""
+        self.saved_at = step
         if not self.dist.main:
             return
         snapshot = {
             "format": SNAPSHOT_FORMAT,
             "step": step,
             "config": _resume_settings(self.config, self.precision),
-            "train_photos": train_set.names,  # with the seed, this fixes the data order
-            "validation_photos": val_set.names,
+            "train_photos": self.train_set.names,  # with the seed, this fixes the data order
+            "validation_photos": self.val_set.names,
             "trainer": self.trainer.state_dict(),
             "history": self.history.records,
             "start_rgb": self.start_rgb,
@@ -380,6 +403,7 @@ class FinetuneRun:
         write_atomically(self.files.snapshot, lambda temporary: torch.save(snapshot, temporary))
 
     def _restore(self, snapshot: dict) -> int:
+        self.saved_at = int(snapshot["step"])
         self.trainer.load_state_dict(snapshot["trainer"])
         self.history = History(list(snapshot["history"]))
         self.start_rgb = snapshot["start_rgb"]
@@ -534,9 +558,9 @@ def _mean_colorfulness(rgb: Tensor) -> float:
 def _count_reasons(skipped: list[Skipped]) -> str:
     counts: dict[str, int] = {}
     for item in skipped:
-        reason = "unreadable" if item.reason.startswith("cannot read") or item.reason.startswith("not an image") else item.reason.split(" (")[0]
-        counts[reason] = counts.get(reason, 0) + 1
-    return ", ".join(f"{count} {reason}" for reason, count in counts.items())
+        kind = ("validation: " if item.validation else "") + ("unreadable" if item.unreadable else "grayscale")
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{count} {kind}" for kind, count in counts.items())
 
 
 def _rng_states() -> dict:
