@@ -27,13 +27,14 @@ from ddcolor.cli import main
 from ddcolor.cli.finetune import photos_from_files
 from ddcolor.cli.imageio import read_image
 from ddcolor.color import lab_to_rgb
-from ddcolor.precision import autocast
 from ddcolor.finetune import trainable
 from ddcolor.finetune.config import FinetuneConfig
 from ddcolor.finetune.data import Batch, Photo, hold_out, prepare
 from ddcolor.finetune.distributed import Distributed
 from ddcolor.finetune.losses import (
     VGG16_BN_URL,
+    Discriminator,
+    PaperLosses,
     PerceptualLoss,
     PerceptualWeightsMissing,
     load_vgg16_bn_features,
@@ -41,7 +42,7 @@ from ddcolor.finetune.losses import (
     vgg16_bn_weights_path,
 )
 from ddcolor.finetune.trainer import FinetuneError, Trainer, finetune
-from ddcolor.finetune.losses import PaperLosses
+from ddcolor.precision import autocast
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 64
@@ -228,7 +229,7 @@ def test_the_held_out_share_is_fixed_by_the_seed():
 # ----------------------------------------------------------------------------- perceptual loss
 
 
-def test_perceptual_loss_reads_vgg16_bn_from_torchs_cache_or_says_where_to_put_it(tmp_path, monkeypatch):
+def test_perceptual_loss_reads_vgg16_bn_from_torchs_cache_or_says_where_to_put_it(tmp_path, monkeypatch, small_checkpoint):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     expected = tmp_path / "hub" / "checkpoints" / "vgg16_bn-6c64b313.pth"
     assert vgg16_bn_weights_path() == expected
@@ -253,6 +254,19 @@ def test_perceptual_loss_reads_vgg16_bn_from_torchs_cache_or_says_where_to_put_i
     value = loss(prediction, truth)
     value.backward()
     assert value > 0 and prediction.grad.abs().sum() > 0
+
+    # In a run, under mixed precision: the term is logged with the others.
+    result = finetune(config(tmp_path, small_checkpoint, steps=2, perceptual=True, precision="bf16"), color_scenes(2))
+    assert set(result.loss_history) == {"loss", "pix", "per", "col"}
+    assert np.isfinite(result.loss_history["per"]).all() and min(result.loss_history["per"]) > 0
+
+
+def test_the_discriminator_is_the_authors_patch_critic():
+    critic = Discriminator()
+    assert critic(torch.rand(2, 3, 256, 256)).shape == (2, 13 * 13)  # one logit per patch, as the original at 256
+    assert critic(torch.rand(1, 3, Discriminator.MIN_SIZE, Discriminator.MIN_SIZE)).shape == (1, 1)
+    attention = [name for name, module in critic.named_modules() if type(module).__name__ == "SelfAttention"]
+    assert attention == ["layers.2.2"]  # after the first strided block, only there
 
 
 def test_our_vgg16_bn_layers_have_torchvisions_names_and_shapes():
