@@ -48,7 +48,7 @@ def add_finetune_parser(commands, *, default_model: str, published: str) -> None
     f.add_argument("--batch", type=int, default=default.batch, help="photos per step, over all processes (default: %(default)s)")
     f.add_argument("--size", type=int, default=default.size, help="training crop, a multiple of 32 (default: %(default)s, as the published models were trained)")
     f.add_argument("--lr", type=float, default=default.lr, help="AdamW learning rate (default: %(default)g; weight decay 0.01, betas 0.9, 0.99 as in the paper)")
-    f.add_argument("--precision", default=default.precision, choices=TRAINING_PRECISIONS, help="auto picks per device as inference does (fp16 with loss scaling on a GPU); FP32 master weights always (default: %(default)s)")
+    f.add_argument("--precision", default=default.precision, choices=TRAINING_PRECISIONS, help="compute precision; weights and optimizer state stay FP32 (default: %(default)s: fp16 with dynamic loss scaling on a GPU, bf16 on a CPU with bf16 units, else fp32)")
     f.add_argument("--train", default=default.train, choices=TRAIN_CHOICES, help="what is trained: all, decoder (encoder frozen, less memory) or lora (low-rank adapters, merged on save) (default: %(default)s)")
     f.add_argument("--rank", type=int, default=default.rank, help="LoRA rank with --train lora (default: %(default)s)")
     f.add_argument("--checkpointing", action="store_true", help="gradient checkpointing: recompute activations in the backward pass to save memory")
