@@ -25,11 +25,10 @@ import ddcolor
 from ddcolor.checkpoint import read_state_dict
 from ddcolor.cli import main
 from ddcolor.cli.finetune import photos_from_files
-from ddcolor.cli.imageio import read_image
 from ddcolor.color import lab_to_rgb
 from ddcolor.finetune import trainable
 from ddcolor.finetune.config import FinetuneConfig
-from ddcolor.finetune.data import Batch, Photo, hold_out, prepare
+from ddcolor.finetune.data import Batch, hold_out, photos_from_images, prepare
 from ddcolor.finetune.distributed import Distributed
 from ddcolor.finetune.losses import (
     VGG16_BN_URL,
@@ -207,15 +206,23 @@ def test_gray_and_unreadable_files_are_skipped_and_counted(tmp_path):
     Image.fromarray(color[0].mean(axis=-1).astype(np.uint8)).save(tmp_path / "gray_l.png")
     Image.fromarray(np.repeat(color[1].mean(axis=-1, keepdims=True), 3, axis=-1).astype(np.uint8)).save(tmp_path / "gray_rgb.jpg")
     (tmp_path / "truncated.jpg").write_bytes((tmp_path / "color.jpg").read_bytes()[:200])
-    paths = sorted(tmp_path.iterdir())
-    photos, skipped = prepare([Photo(p.name, lambda p=p: read_image(p)) for p in paths], SIZE)
+    photos, skipped = prepare(photos_from_files([str(tmp_path)]), SIZE)
 
-    assert photos.names == ["color.jpg", "palette.png"]
+    assert photos.names == [str(tmp_path / "color.jpg"), str(tmp_path / "palette.png")]
     assert all(image.shape == (3, SIZE, 82) and image.dtype == torch.uint8 for image in photos.images)  # short side 64
-    reasons = {item.name: item.reason for item in skipped}
+    reasons = {Path(item.name).name: item.reason for item in skipped}
     assert reasons.keys() == {"gray_l.png", "gray_rgb.jpg", "truncated.jpg"}
     assert reasons["gray_l.png"].startswith("grayscale") and reasons["gray_rgb.jpg"].startswith("grayscale")
-    assert reasons["truncated.jpg"].startswith("cannot read")
+    assert reasons["truncated.jpg"].startswith("cannot read") and [item.unreadable for item in skipped].count(True) == 1
+
+
+def test_comfyui_images_come_as_a_batch_or_a_list_of_any_sizes():
+    batch = color_scenes(2, height=70, width=90)
+    single = color_scenes(1, height=100, width=64, seed=1)[0]  # (H, W, C)
+    photos, skipped = prepare(photos_from_images([batch, single]), SIZE)
+    assert photos.names == ["image 1", "image 2", "image 3"] and not skipped
+    assert [tuple(image.shape) for image in photos.images] == [(3, SIZE, 82), (3, SIZE, 82), (3, 100, SIZE)]
+    assert len(prepare(photos_from_images(batch), SIZE)[0]) == 2
 
 
 def test_the_held_out_share_is_fixed_by_the_seed():

@@ -49,11 +49,16 @@ class Skipped:
     validation: bool = False  # one of the --val photos
 
 
-def photos_from_batch(images: Tensor, prefix: str = "image") -> list[Photo]:
-    """One ``Photo`` per image of a (B, H, W, C) batch, as ComfyUI's IMAGE holds them."""
-    if images.ndim != 4:
-        raise ValueError(f"expected images shaped (B, H, W, C); got {tuple(images.shape)}")
-    return [Photo(f"{prefix} {i + 1}", lambda i=i: images[i]) for i in range(images.shape[0])]
+def photos_from_images(images: Tensor | Sequence[Tensor], prefix: str = "image") -> list[Photo]:
+    """One ``Photo`` per image of ComfyUI IMAGEs: a (B, H, W, C) batch, or a list of batches
+    or single (H, W, C) images (dataset loaders give lists when sizes differ)."""
+    parts = [images] if isinstance(images, Tensor) else list(images)
+    singles: list[Tensor] = []
+    for part in parts:
+        if part.ndim not in (3, 4):
+            raise ValueError(f"expected images shaped (B, H, W, C) or (H, W, C); got {tuple(part.shape)}")
+        singles += list(part) if part.ndim == 4 else [part]
+    return [Photo(f"{prefix} {i + 1}", lambda image=image: image.detach().cpu()) for i, image in enumerate(singles)]
 
 
 def seeded(seed: int, stream: str, index: int = 0) -> torch.Generator:

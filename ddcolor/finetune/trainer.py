@@ -40,7 +40,7 @@ from ..model import SIZE_MULTIPLE
 from ..pipeline import is_out_of_memory
 from ..precision import TRAINING_PRECISIONS, autocast, training_precision
 from . import trainable
-from .data import Batch, Photo, PhotoSet, SampleOrder, Skipped, hold_out, photos_from_batch, prepare, training_batch
+from .data import Batch, Photo, PhotoSet, SampleOrder, Skipped, hold_out, photos_from_images, prepare, training_batch
 from .config import FinetuneConfig, TRAIN_CHOICES
 from .distributed import Distributed
 from .files import CHECKPOINT_SUFFIXES, RunFiles, write_atomically
@@ -81,7 +81,7 @@ class FinetuneResult:
     summary: list[str] = field(default_factory=list)
 
 
-ImagesIn = Tensor | Sequence[Photo]
+ImagesIn = Tensor | Sequence[Tensor] | Sequence[Photo]
 Progress = Callable[[int, int, dict[str, float]], None]
 
 
@@ -96,7 +96,8 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune ``config.model`` on ``train_images`` and write ``config.output``.
 
-    Images are an IMAGE batch (B, H, W, C) in [0, 1] or ``data.Photo`` s;
+    Images are ComfyUI IMAGEs in [0, 1] (a (B, H, W, C) batch, or a list of them
+    when sizes differ) or ``data.Photo`` s (the command line's files);
     without ``val_images`` a seeded share of the photos is held out.
     ``progress(step, steps, losses)`` is called after each step;
     ``should_stop()`` is asked before each: when it says so, a snapshot is
@@ -107,7 +108,8 @@ def finetune(
 
 
 def _as_photos(images: ImagesIn) -> list[Photo]:
-    return photos_from_batch(images) if isinstance(images, Tensor) else list(images)
+    images = images if isinstance(images, Tensor) else list(images)
+    return list(images) if all(isinstance(image, Photo) for image in images) else photos_from_images(images)
 
 
 def check_config(config: FinetuneConfig, world: int = 1) -> None:
