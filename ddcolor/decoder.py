@@ -3,7 +3,8 @@ and a multi-scale transformer color decoder (learnable color queries that
 cross-attend to the pixel decoder's three scales).
 
 Module names follow the published checkpoints (``decoder.*``). Spectral-norm
-convs hold plain folded weights; ``checkpoint.py`` folds them at load time.
+convs hold plain folded weights for inference (``checkpoint.py`` folds them at
+load time); ``finetune/trainable.py`` keeps them live for training.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,16 @@ def test_the_autograd_path_computes_what_the_inference_path_computes(small_state
     recorded = model(gray)
     assert recorded.requires_grad
     assert relative_difference(lean, recorded.detach()) < 1e-5
+
+
+@pytest.mark.parametrize("train", ["all", "lora"])
+def test_a_model_in_training_can_be_copied(small_state, train):
+    """E.g. for an average of the weights, or to keep the start model."""
+    model = trainable_model(small_state, train=train, rank=2)
+    gray, ab = color_pair()
+    l1_steps(model, gray, ab, steps=1, lr=1e-3)
+    copy = deepcopy(model)
+    assert torch.equal(eval_output(copy, gray), eval_output(model, gray))
 
 
 def test_the_state_dict_given_is_never_changed(small_state):

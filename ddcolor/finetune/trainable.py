@@ -69,7 +69,13 @@ class TrainableDDColor(DDColor):
 
     def forward(self, x: Tensor) -> Tensor:
         self.normalize_spectral_weights()
-        return super().forward(x)
+        try:
+            return super().forward(x)
+        finally:
+            # Autograd holds what it needs; detached, the model can be copied between steps.
+            for name in self.spectral:
+                conv = self.get_submodule(name)
+                conv.weight = conv.weight.detach()
 
     def normalize_spectral_weights(self) -> None:
         """Set each spectral-norm conv's weight; one power iteration first if it trains."""
