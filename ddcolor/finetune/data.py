@@ -181,6 +181,10 @@ class Batch:
         lab = rgb_to_lab(rgb)
         return cls(gray_rgb_from_lightness(lab[:, :1]), lab[:, :1], lab[:, 1:], rgb)
 
+    def split(self, size: int) -> list["Batch"]:
+        """Consecutive batches of at most ``size`` images."""
+        return [Batch(*parts) for parts in zip(self.gray.split(size), self.lightness.split(size), self.ab.split(size), self.rgb.split(size))]
+
 
 def training_batch(photos: PhotoSet, order: SampleOrder, step: int, batch: int, *, seed: int,
                    share: slice = slice(None)) -> Tensor:

@@ -278,7 +278,7 @@ class FinetuneRun:
         if not len(self.val_set):
             say("no validation: a single photo is all training; give --val DIR to measure progress")
             return start, None
-        val = Batch.from_rgb(self.val_set.crops(range(len(self.val_set)), None), self.device)
+        val = Batch.from_rgb(self.val_set.crops(range(len(self.val_set)), None), "cpu")
         if start == 0:
             self._validate(0, val)
         return start, val
@@ -362,17 +362,29 @@ class FinetuneRun:
     # ------------------------------------------------------------------ validation
 
     def _validate(self, step: int, val: Batch) -> None:
-        """Mean ΔE to the true colors and colorfulness of the validation photos (rank 0 only)."""
+        """Mean ΔE to the true colors and colorfulness of the validation photos (rank 0 only).
+
+        ``val`` stays on the CPU; a training batch of it at a time goes to the device."""
         if not self.dist.main:
             return
-        ab = self.trainer.predict(val.gray, self.config.batch)
-        rgb = lab_to_rgb(torch.cat((val.lightness, ab), dim=1))
-        truth = torch.cat((val.lightness, val.ab), dim=1)
-        metrics = {"delta_e": _mean_delta_e(rgb, truth), "colorfulness": _mean_colorfulness(rgb)}
-        if self.start_rgb is None:  # before training: the start model, and what gray and the truth score
-            self.start_rgb = rgb[:GRID_ROWS].cpu()
-            metrics["delta_e_gray"] = _mean_delta_e(val.gray, truth)
-            metrics["colorfulness_true"] = _mean_colorfulness(val.rgb)
+        first_run = self.start_rgb is None  # before training: also what gray and the truth score
+        scores: dict[str, list[float]] = {"delta_e": [], "colorfulness": []}
+        scores.update({"delta_e_gray": [], "colorfulness_true": []} if first_run else {})
+        shown = []
+        for part in val.split(self.config.batch):
+            ab = self.trainer.predict(part.gray.to(self.device)).cpu()
+            rgb = lab_to_rgb(torch.cat((part.lightness, ab), dim=1))
+            truth = torch.cat((part.lightness, part.ab), dim=1)
+            scores["delta_e"] += _delta_e_per_image(rgb, truth)
+            scores["colorfulness"] += [colorfulness(image) for image in rgb]
+            if first_run:
+                scores["delta_e_gray"] += _delta_e_per_image(part.gray, truth)
+                scores["colorfulness_true"] += [colorfulness(image) for image in part.rgb]
+            shown.append(rgb[: GRID_ROWS - sum(len(r) for r in shown)])
+        metrics = {name: float(np.mean(values)) for name, values in scores.items()}
+        now = torch.cat(shown)
+        if first_run:
+            self.start_rgb = now
         record = self.history.record_validation(step, metrics)
         History.append_log(self.files.log, record)
         first = self.history.validations[0]
@@ -380,8 +392,8 @@ class FinetuneRun:
             f"validation at step {step}: mean ΔE {metrics['delta_e']:.2f} (start {first['delta_e']:.2f}, gray {first['delta_e_gray']:.2f}), "
             f"colorfulness {metrics['colorfulness']:.1f} (start {first['colorfulness']:.1f}, true {first['colorfulness_true']:.1f})"
         )
-        columns = {"gray": val.gray[:GRID_ROWS], "start model": self.start_rgb, "step {step}": rgb[:GRID_ROWS], "truth": val.rgb[:GRID_ROWS]}
-        draw_grid(self.files.grid, columns, step)
+        rows = slice(0, GRID_ROWS)
+        draw_grid(self.files.grid, {"gray": val.gray[rows], "start model": self.start_rgb, "step {step}": now, "truth": val.rgb[rows]}, step)
         draw_curves(self.files.curves, self.history)
 
     # ------------------------------------------------------------------ snapshots
@@ -475,12 +487,12 @@ class Trainer:
         return loss.detach()
 
     @torch.no_grad()
-    def predict(self, gray: Tensor, chunk: int) -> Tensor:
-        """ab for ``gray`` in eval mode (spectral norms as stored), ``chunk`` images at a time."""
+    def predict(self, gray: Tensor) -> Tensor:
+        """ab for ``gray`` in eval mode (spectral norms as stored, no power iteration)."""
         self.module.eval()
         try:
             with self._autocast():
-                return torch.cat([self.module(part).float() for part in gray.split(chunk)])
+                return self.module(gray).float()
         finally:
             set_training(self.module)
 
@@ -549,12 +561,8 @@ def _resume_settings(config: FinetuneConfig, precision: str) -> dict:
     return settings
 
 
-def _mean_delta_e(rgb: Tensor, truth_lab: Tensor) -> float:
-    return float(delta_e_ciede2000(rgb_to_lab(rgb), truth_lab).mean())
-
-
-def _mean_colorfulness(rgb: Tensor) -> float:
-    return float(np.mean([colorfulness(image) for image in rgb]))
+def _delta_e_per_image(rgb: Tensor, truth_lab: Tensor) -> list[float]:
+    return delta_e_ciede2000(rgb_to_lab(rgb), truth_lab).mean(dim=(-2, -1)).tolist()
 
 
 def _count_reasons(skipped: list[Skipped]) -> str:
