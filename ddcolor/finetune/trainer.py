@@ -547,10 +547,9 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     # gradient and DDP's bucket, which changes nothing; PyTorch warns about it at every step.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
-    # Some parameters may get no gradient (DDColor keeps ConvNeXt's unused final norm, as the
-    # authors' training did with the same setting); DDP must not wait for them.
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=True)
+    # Every trained parameter gets a gradient at every step (trainable_model freezes ConvNeXt's
+    # unused final norm), so DDP need not search the graph for unused ones.
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _resume_settings(config: FinetuneConfig, precision: str) -> dict:
