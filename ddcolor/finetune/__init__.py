@@ -16,10 +16,10 @@ from __future__ import annotations
 
 _LAZY = {
     "FinetuneConfig": ".config",
-    "FinetuneError": ".trainer",
+    "FinetuneError": ".config",
     "FinetuneResult": ".trainer",
     "FinetuneRun": ".trainer",
-    "TrainingError": ".trainer",
+    "TrainingError": ".config",
     "finetune": ".trainer",
     "Photo": ".data",
     "published_state_dict": ".trainable",

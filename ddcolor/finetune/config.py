@@ -1,5 +1,5 @@
-"""What a fine-tuning run is asked to do (kept apart from the training code so the
-command line can build its options without importing it)."""
+"""What a fine-tuning run is asked to do, and the errors it stops with (kept apart from the
+training code so that the command line can build its options without importing it)."""
 
 from __future__ import annotations
 
@@ -38,3 +38,11 @@ class FinetuneConfig:
 
     def files(self) -> RunFiles:
         return RunFiles.beside(Path(self.output), self.reports_dir)
+
+
+class FinetuneError(ValueError):
+    """A request that cannot be trained; the message names the option or file to change. Nothing was done."""
+
+
+class TrainingError(RuntimeError):
+    """Training failed part-way (out of memory, a loss that stays non-finite); the message says what to try."""

@@ -24,9 +24,8 @@ weights, the photos) before the model is loaded, so a mistake costs seconds.
 from __future__ import annotations
 
 import logging
-import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -41,27 +40,17 @@ from ..pipeline import is_out_of_memory
 from ..precision import TRAINING_PRECISIONS, autocast, training_precision
 from . import trainable
 from .data import Batch, Photo, PhotoSet, SampleOrder, Skipped, hold_out, photos_from_images, prepare, training_batch
-from .config import FinetuneConfig, TRAIN_CHOICES
+from .config import TRAIN_CHOICES, FinetuneConfig, FinetuneError, TrainingError
 from .distributed import Distributed
-from .files import CHECKPOINT_SUFFIXES, RunFiles, write_atomically
+from .files import CHECKPOINT_SUFFIXES, RunFiles
 from .losses import AdversarialLoss, Discriminator, PaperLosses, PerceptualWeightsMissing, enhance_colors
 from .report import GRID_ROWS, History, draw_curves, draw_grid, summary_lines
+from .snapshot import check_resumable, read_snapshot, restore_rng, resume_settings, write_snapshot
 
 log = logging.getLogger("ddcolor")
 
 # A run whose loss or gradients stay non-finite this long will not recover by itself.
 MAX_SKIPPED_IN_A_ROW = 25
-# What a resumed run must share with the snapshot to continue the same sequence.
-RESUME_MUST_MATCH = ("size", "batch", "seed", "train", "rank", "lr", "weight_decay", "betas", "perceptual", "gan")
-SNAPSHOT_FORMAT = 1
-
-
-class FinetuneError(ValueError):
-    """A request that cannot be trained; the message names the option or file to change. Nothing was done."""
-
-
-class TrainingError(RuntimeError):
-    """Training failed part-way (out of memory, a loss that stays non-finite); the message says what to try."""
 
 
 @dataclass
@@ -170,7 +159,7 @@ class FinetuneRun:
     def _check(self, train_photos: list[Photo], val_photos: list[Photo] | None) -> tuple[PhotoSet, PhotoSet, list[Skipped], dict | None]:
         config = self.config
         check_config(config, self.dist.world)
-        snapshot = self._find_snapshot()
+        snapshot = read_snapshot(self.files.snapshot, resume=config.resume)
         try:
             self.precision = training_precision(config.precision, self.device)
         except ValueError as e:
@@ -193,38 +182,8 @@ class FinetuneRun:
                 f"no color photos to train on ({counts or 'none given'}); fine-tuning learns colors from color photos"
             )
         if snapshot is not None:
-            self._check_resumable(snapshot, train_set, val_set)
+            check_resumable(snapshot, resume_settings(config, self.precision), train_set.names, val_set.names)
         return train_set, val_set, skipped, snapshot
-
-    def _find_snapshot(self) -> dict | None:
-        path = self.files.snapshot
-        if not self.config.resume:
-            if path.exists():
-                raise FinetuneError(
-                    f"{path} holds an unfinished run; pass --resume to continue it, or delete it to start over"
-                )
-            return None
-        if not path.is_file():
-            raise FinetuneError(f"--resume: no snapshot at {path} (it is written every --save-every steps and when stopped)")
-        try:
-            snapshot = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise FinetuneError(f"--resume: {path} cannot be read ({type(e).__name__}: {e}); delete it to start over") from e
-        if not isinstance(snapshot, dict) or snapshot.get("format") != SNAPSHOT_FORMAT:
-            raise FinetuneError(f"--resume: {path} is not a snapshot of this version's fine-tuning; delete it to start over")
-        return snapshot
-
-    def _check_resumable(self, snapshot: dict, train_set: PhotoSet, val_set: PhotoSet) -> None:
-        saved = snapshot["config"]
-        now = _resume_settings(self.config, self.precision)
-        changed = [f"{name} {saved[name]} -> {now[name]}" for name in now if saved.get(name) != now[name]]
-        if changed:
-            raise FinetuneError(
-                f"--resume: the snapshot was made with other settings ({'; '.join(changed)}); "
-                "resume with the same ones (only --steps, --val-every, --save-every may change)"
-            )
-        if snapshot["train_photos"] != train_set.names or snapshot["validation_photos"] != val_set.names:
-            raise FinetuneError("--resume: the photos differ from the snapshot's; resume with the same inputs (and --val)")
 
     # ------------------------------------------------------------------ the run
 
@@ -399,32 +358,23 @@ class FinetuneRun:
     # ------------------------------------------------------------------ snapshots
 
     def _save_snapshot(self, step: int) -> None:
-        """Everything needed to continue as if never stopped, written atomically (rank 0 only)."""
         self.saved_at = step
-        if not self.dist.main:
-            return
-        snapshot = {
-            "format": SNAPSHOT_FORMAT,
-            "step": step,
-            "config": _resume_settings(self.config, self.precision),
-            "train_photos": self.train_set.names,  # with the seed, this fixes the data order
-            "validation_photos": self.val_set.names,
-            "trainer": self.trainer.state_dict(),
-            "history": self.history.records,
-            "start_rgb": self.start_rgb,
-            "rng": _rng_states(),
-        }
-        write_atomically(self.files.snapshot, lambda temporary: torch.save(snapshot, temporary))
+        if self.dist.main:
+            write_snapshot(
+                self.files.snapshot, step=step, settings=resume_settings(self.config, self.precision),
+                train_photos=self.train_set.names, validation_photos=self.val_set.names,
+                trainer=self.trainer.state_dict(), history=self.history.records, start_rgb=self.start_rgb,
+            )
 
     def _restore(self, snapshot: dict) -> int:
         self.saved_at = int(snapshot["step"])
         self.trainer.load_state_dict(snapshot["trainer"])
         self.history = History(list(snapshot["history"]))
         self.start_rgb = snapshot["start_rgb"]
-        _set_rng_states(snapshot["rng"])
+        restore_rng(snapshot["rng"])
         if self.dist.main:  # steps logged after the snapshot (before a crash) are dropped
             self.history.write_log(self.files.log)
-        return int(snapshot["step"])
+        return self.saved_at
 
 
 class Trainer:
@@ -552,14 +502,6 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _resume_settings(config: FinetuneConfig, precision: str) -> dict:
-    settings = {name: value for name, value in asdict(config).items() if name in RESUME_MUST_MATCH}
-    settings["betas"] = list(settings["betas"])
-    settings["precision"] = precision
-    settings["model"] = str(config.model)
-    return settings
-
-
 def _delta_e_per_image(rgb: Tensor, truth_lab: Tensor) -> list[float]:
     return delta_e_ciede2000(rgb_to_lab(rgb), truth_lab).mean(dim=(-2, -1)).tolist()
 
@@ -570,28 +512,3 @@ def _count_reasons(skipped: list[Skipped]) -> str:
         kind = ("validation: " if item.validation else "") + ("unreadable" if item.unreadable else "grayscale")
         counts[kind] = counts.get(kind, 0) + 1
     return ", ".join(f"{count} {kind}" for kind, count in counts.items())
-
-
-def _rng_states() -> dict:
-    numpy_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-    }
-
-
-def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    random.setstate(_as_tuples(states["python"]))
-    kind, keys, *rest = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-
-
-def _as_tuples(value):
-    """random.setstate wants the tuples that torch.load may give back as lists."""
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
