@@ -39,8 +39,8 @@ from ..model import SIZE_MULTIPLE
 from ..pipeline import is_out_of_memory
 from ..precision import TRAINING_PRECISIONS, autocast, training_precision
 from . import trainable
-from .data import Batch, Photo, PhotoSet, SampleOrder, Skipped, hold_out, photos_from_images, prepare, training_batch
 from .config import TRAIN_CHOICES, FinetuneConfig, FinetuneError, TrainingError
+from .data import Batch, Photo, PhotoSet, SampleOrder, Skipped, hold_out, photos_from_images, prepare, training_batch
 from .distributed import Distributed
 from .files import CHECKPOINT_SUFFIXES, RunFiles
 from .losses import AdversarialLoss, Discriminator, PaperLosses, PerceptualWeightsMissing, enhance_colors
