@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddcolor.color import colorfulness, gray_rgb_from_lightness, lab_to_rgb, rgb_to_lab
+from ddcolor.color import colorfulness, delta_e_ciede2000, gray_rgb_from_lightness, lab_to_rgb, rgb_to_lab
 
 cv2 = pytest.importorskip("cv2")
 
@@ -82,3 +82,29 @@ def test_colorfulness_orders_images_by_color():
     vivid[2, :, 8:] = 1
     assert colorfulness(gray) == 0
     assert 0 < colorfulness(pale) < colorfulness(vivid)
+
+
+# Pairs and differences from Sharma, Wu and Dalal (2005), "The CIEDE2000 color-difference
+# formula: implementation notes", Table 1 (pairs 1, 4, 7, 13, 15, 17, 22-25): hue wrap-around,
+# neutral colors and large differences.
+CIEDE2000_PAIRS = [
+    ((50, 2.6772, -79.7751), (50, 0, -82.7485), 2.0425),
+    ((50, -1.3802, -84.2814), (50, 0, -82.7485), 1.0000),
+    ((50, 0, 0), (50, -1, 2), 2.3669),
+    ((50, 2.49, -0.001), (50, -2.49, 0.0009), 7.1792),
+    ((50, 2.49, -0.001), (50, -2.49, 0.0011), 7.2195),
+    ((50, -0.001, 2.49), (50, 0.0009, -2.49), 4.8045),
+    ((50, 2.5, 0), (73, 25, -18), 27.1492),
+    ((50, 2.5, 0), (61, -5, 29), 22.8977),
+    ((50, 2.5, 0), (56, -27, -3), 31.9030),
+    ((50, 2.5, 0), (58, 24, 15), 19.4535),
+]
+
+
+def test_ciede2000_matches_sharmas_published_pairs_both_ways():
+    first = torch.tensor([p[0] for p in CIEDE2000_PAIRS]).T[:, :, None]  # (3, N, 1): an N x 1 "image"
+    second = torch.tensor([p[1] for p in CIEDE2000_PAIRS]).T[:, :, None]
+    expected = torch.tensor([p[2] for p in CIEDE2000_PAIRS], dtype=torch.float64)
+    assert torch.allclose(delta_e_ciede2000(first, second).flatten(), expected, atol=1e-4)
+    assert torch.allclose(delta_e_ciede2000(second, first).flatten(), expected, atol=1e-4)
+    assert delta_e_ciede2000(first, first).abs().max() == 0

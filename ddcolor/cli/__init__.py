@@ -7,7 +7,8 @@ Everything here uses the library's public interface (``ddcolor.load_model``,
 * ``batch``: inputs, output names, Ctrl-C, progress and the summary shared by batch commands;
 * ``imageio``: image files in and out, written atomically;
 * ``comfy_client``: driving a running ComfyUI through its HTTP API;
-* ``ray_runner``: ``colorize --ray``, the same batch on a Ray cluster (imported only then).
+* ``ray_runner``: ``colorize --ray``, the same batch on a Ray cluster (imported only then);
+* ``finetune``: the finetune command; the training itself is ddcolor/finetune/, imported only then.
 """
 
 from .commands import main

@@ -291,26 +291,31 @@ def logging_through(write):
 class Progress:
     """A tqdm bar on a terminal; one line per image otherwise (logs, CI), each with its time."""
 
-    def __init__(self, total: int, *, unit: str = "img", stream: TextIO | None = None):
+    def __init__(self, total: int, *, unit: str = "img", stream: TextIO | None = None, done: int = 0):
         from tqdm import tqdm
 
         self._stream = stream or sys.stderr
         self._total = total
-        self._count = 0
+        self._count = done
         interactive = hasattr(self._stream, "isatty") and self._stream.isatty()
-        self._bar = tqdm(total=total, unit=unit, file=self._stream, dynamic_ncols=True) if interactive else None
+        self._bar = tqdm(total=total, initial=done, unit=unit, file=self._stream, dynamic_ncols=True) if interactive else None
         self._tqdm = tqdm
 
     def finished(self, outcome: Outcome) -> None:
-        self._count += 1
         name = relative_name(outcome.job.source)
         if outcome.status == FAILED and outcome.attempted:
             self.write(f"failed: {name}: {indent(outcome.reason)}")
+        line = None if outcome.status == FAILED else f"[{self._count + 1}/{self._total}] {name}: {outcome.seconds:.2f} s"
+        self.advance(f"{name} {outcome.seconds:.2f}s", line)
+
+    def advance(self, note: str, line: str | None) -> None:
+        """One more done: ``note`` beside the bar on a terminal, else ``line`` printed (unless None)."""
+        self._count += 1
         if self._bar is not None:
-            self._bar.set_postfix_str(f"{name} {outcome.seconds:.2f}s", refresh=False)
+            self._bar.set_postfix_str(note, refresh=False)
             self._bar.update(1)
-        elif outcome.status != FAILED:
-            self.write(f"[{self._count}/{self._total}] {name}: {outcome.seconds:.2f} s")
+        elif line is not None:
+            self.write(line)
 
     def write(self, message: str) -> None:
         if self._bar is not None:

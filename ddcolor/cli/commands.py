@@ -1,10 +1,11 @@
-"""``python -m ddcolor``: colorize folders of photos, fetch models, drive a ComfyUI server.
+"""``python -m ddcolor``: colorize folders of photos, fetch models, drive a ComfyUI server, fine-tune.
 
     python -m ddcolor colorize photos/ -o colored/ --preset person
     python -m ddcolor colorize home_movie.mp4 -o colored/      # writes colored/home_movie_color.mp4
     python -m ddcolor download ddcolor_paper_tiny
     python -m ddcolor info
     python -m ddcolor queue --workflow workflows/api/ddcolor_person.json photos/ -o colored/
+    python -m ddcolor finetune my_photos/ -o my_ddcolor.pth --steps 2000
 
 Exit status: 0 all done or skipped, 1 some image failed (or a model or server
 problem), 2 a usage error (nothing was done), 130 interrupted by Ctrl-C.
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m ddcolor",
-        description="DDColor photo colorization: batch colorize, download models, drive a ComfyUI server.",
+        description="DDColor photo colorization: batch colorize, download models, drive a ComfyUI server, fine-tune on your photos.",
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     published = ", ".join(PUBLISHED)
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one image's result (default: %(default)s)")
     q.add_argument("--request-timeout", type=float, default=30.0, help="seconds to wait for one HTTP answer (default: %(default)s)")
     q.add_argument("--reconnect", type=float, default=30.0, help="seconds to wait for an unreachable server to come back (default: %(default)s)")
+    from .finetune import add_finetune_parser
+
+    add_finetune_parser(commands, default_model=DEFAULT_MODEL, published=published)
     return parser
 
 
@@ -166,15 +170,12 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 
     from ..checkpoint import default_models_dir
 
-    published = ddcolor.PUBLISHED.get(str(args.model).removesuffix(".pth"))
     models_dir = args.models_dir or default_models_dir()
-    if published and not Path(args.model).exists() and not (models_dir / published.filename).is_file():
-        try:
-            print(f"{published.name}: first use, downloading {published.url(args.source)} into {models_dir}", file=sys.stderr, flush=True)
-            download_with_progress(published.name, models_dir, args.source)
-        except ddcolor.DownloadError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_FAILED
+    try:
+        fetch_if_published(args.model, models_dir, args.source)
+    except ddcolor.DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     progress = Progress(len(jobs), unit="file" if clips else "img")
     with logging_through(progress.write):
         try:
@@ -392,6 +393,16 @@ def cmd_download(args: argparse.Namespace) -> int:
             continue
         print(f"{name}: saved {path} ({path.stat().st_size / 2**20:.0f} MiB)")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def fetch_if_published(model: str, models_dir: Path, source: str | None = None) -> None:
+    """Download ``model`` (from ``source``, see ``--source``) with a progress bar if it names a published model not yet in ``models_dir``."""
+    import ddcolor
+
+    published = ddcolor.PUBLISHED.get(str(model).removesuffix(".pth"))
+    if published and not Path(model).exists() and not (models_dir / published.filename).is_file():
+        print(f"{published.name}: first use, downloading {published.url(source)} into {models_dir}", file=sys.stderr, flush=True)
+        download_with_progress(published.name, models_dir, source)
 
 
 def download_with_progress(name: str, folder: Path, source: str | None = None) -> Path:

@@ -45,8 +45,8 @@ from torch.nn.utils import parametrize
 from ..checkpoint import IGNORED_KEYS, config_from_state_dict, load_strictly, network_tensors, spectral_sigma
 from ..layers import Linear, MultiheadAttention, autocast_off
 from ..model import DDColor, DDColorConfig
+from .config import TRAIN_CHOICES
 
-TRAIN_CHOICES = ("all", "decoder", "lora")
 # torch.nn.utils.spectral_norm's defaults, which the original uses.
 SPECTRAL_EPS = 1e-12
 
