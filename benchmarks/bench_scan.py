@@ -172,11 +172,11 @@ def main() -> None:
                 else:
                     result = run_library(args.source, scan, checkpoint, args.size, env)
                     added = result["peak"] - result["ready"]
-                    beyond = (added - OUTPUT_BYTES_PER_PIXEL * pixels) / pixels
+                    beyond = added - OUTPUT_BYTES_PER_PIXEL * pixels
                     print(
                         f"library  {pixels / 1e6:6.1f} Mpx ({width}x{height}): ready {result['ready'] / GIB:5.2f} GiB, "
                         f"peak {result['peak'] / GIB:5.2f} GiB, added {added / GIB:5.2f} GiB "
-                        f"({beyond:+.1f} B/px beyond the output), {result['seconds']:5.1f} s in colorize",
+                        f"({beyond / GIB:.2f} GiB beyond the output), {result['seconds']:5.1f} s in colorize",
                         flush=True,
                     )
                 points[mode].append((pixels, result))

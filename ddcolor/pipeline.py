@@ -9,8 +9,8 @@ edges), and resizing is antialiased.
 Only the working-size steps see a whole image at once. The full-resolution
 steps (reading the pixels, lightness, resizing, Lab -> RGB, storing the
 result) run on bands of rows, so a 150-megapixel scan needs no more working
-memory than a photo: beyond the input and the output, about ``BAND_PIXELS``
-pixels' worth of temporaries and two rows of ``size`` values per image row.
+memory than a photo: beyond the input and the output, one band's temporaries
+(``BAND_PIXELS``) and at most three rows of ``size`` floats per image row.
 Both resizes go one axis at a time with ``F.interpolate``'s own weights (the
 height over whole columns, then each band across), which is how it computes
 an antialiased resize itself, so bands change nothing but rounding.
