@@ -212,9 +212,9 @@ def test_size_and_presets_and_one_model_load_per_run(photos, tmp_path, small_che
         loads.append(args)
         return real_load(*args, **kwargs)
 
-    def recording_colorize(model, images, *, size):
+    def recording_colorize(model, images, *, size, dtype):
         sizes.append(size)
-        return images.expand(-1, -1, -1, 3).clone()
+        return images.expand(-1, -1, -1, 3).to(dtype)
 
     monkeypatch.setattr(ddcolor, "load_model", counting_load)
     monkeypatch.setattr(ddcolor, "colorize", recording_colorize)
