@@ -58,7 +58,7 @@ def timed(module, name, key):
     setattr(module, name, wrapper)
 timed(ddcolor, "colorize", "model")
 timed(ddcolor, "load_model", "load")
-timed(ddcolor.cli.imageio, "read_image", "read")
+timed(ddcolor.cli.imageio, "read_pixels", "read")
 timed(ddcolor.cli.imageio, "write_image", "write")
 t = time.perf_counter()
 code = main(sys.argv[1:])

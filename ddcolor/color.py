@@ -41,15 +41,24 @@ def linear_to_srgb(rgb: Tensor) -> Tensor:
     return torch.where(rgb <= 0.0031308, rgb * 12.92, 1.055 * rgb.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
 
 
+def _lab_f(t: Tensor) -> Tensor:
+    """CIE Lab's companding of XYZ relative to the white point."""
+    return torch.where(t > EPSILON, t.clamp(min=EPSILON) ** (1 / 3), KAPPA_SLOPE * t + 16 / 116)
+
+
 def rgb_to_lab(rgb: Tensor) -> Tensor:
     """sRGB (*, 3, H, W) in [0, 1] -> Lab (*, 3, H, W)."""
     xyz = _mix(RGB_TO_XYZ, srgb_to_linear(rgb))
     white = torch.tensor(WHITE_D65, dtype=rgb.dtype, device=rgb.device)[:, None, None]
-    t = xyz / white
-    f = torch.where(t > EPSILON, t.clamp(min=EPSILON) ** (1 / 3), KAPPA_SLOPE * t + 16 / 116)
-    fx, fy, fz = f.unbind(-3)
+    fx, fy, fz = _lab_f(xyz / white).unbind(-3)
     lightness = 116 * fy - 16
     return torch.stack((lightness, 500 * (fx - fy), 200 * (fy - fz)), dim=-3)
+
+
+def rgb_to_lightness(rgb: Tensor) -> Tensor:
+    """sRGB (*, 3, H, W) in [0, 1] -> L (*, 1, H, W): ``rgb_to_lab``'s first channel, without computing a and b."""
+    luminance = _mix(RGB_TO_XYZ[1:2], srgb_to_linear(rgb))  # Y; the white's Y is 1
+    return 116 * _lab_f(luminance) - 16
 
 
 def lab_to_rgb(lab: Tensor) -> Tensor:

@@ -5,6 +5,15 @@ the network the lightness of the photo resized to ``size x size`` as gray RGB,
 predict ab, resize ab back and recombine. Two deliberate differences: ab is
 resized bilinearly (the original uses nearest, which leaves blocky chroma
 edges), and resizing is antialiased.
+
+Only the working-size steps see a whole image at once. The full-resolution
+steps (reading the pixels, lightness, resizing, Lab -> RGB, storing the
+result) run on bands of rows, so a 150-megapixel scan needs no more working
+memory than a photo: beyond the input and the output, one band's temporaries
+(``BAND_PIXELS``) and at most three rows of ``size`` floats per image row.
+Both resizes go one axis at a time with ``F.interpolate``'s own weights (the
+height over whole columns, then each band across), which is how it computes
+an antialiased resize itself, so bands change nothing but rounding.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .color import gray_rgb_from_lightness, lab_to_rgb, rgb_to_lab
+from .color import gray_rgb_from_lightness, lab_to_rgb, rgb_to_lightness
 from .model import SIZE_MULTIPLE, DDColor
 from .temporal import TemporalState, check_strength, stabilize, working_copy
 
@@ -33,6 +42,14 @@ AB_MIN, AB_MAX = -128.0, 127.0
 # images fill. These constants overestimate by 10-80%.
 ACTIVATION_BYTES_PER_PIXEL_PER_BYTE = 100
 ACTIVATION_FIXED_BYTES = 96 << 20
+# Pixels (of all the images of a chunk) per band of rows in the full-resolution
+# steps. Their temporaries take about 100 bytes per pixel of a band (~100 MiB);
+# bands much smaller than this only add per-call overhead.
+BAND_PIXELS = 1 << 20
+# What colorize returns: float in [0, 1], or 8-bit (a quarter of the memory).
+OUTPUT_DTYPES = (torch.float32, torch.uint8)
+# Integer inputs, read as fractions of their largest value.
+INTEGER_DTYPES = (torch.uint8, torch.uint16)
 
 
 def snap_size(size: int) -> int:
@@ -52,10 +69,14 @@ def colorize(
     progress: Callable[[int, int], None] | None = None,
     temporal: float = 0.0,
     state: TemporalState | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Colorize ``images`` (B, H, W, C) float in [0, 1], C = 1, 3 or 4.
+    """Colorize ``images`` (B, H, W, C) float in [0, 1] (or uint8 / uint16), C = 1, 3 or 4.
 
-    Returns (B, H, W, 3), or (B, H, W, 4) with the alpha channel passed through.
+    Returns (B, H, W, 3), or (B, H, W, 4) with the alpha channel passed through,
+    in ``dtype``: float32 in [0, 1], or uint8 (rounded to nearest), which takes a
+    quarter of the memory. Apart from the result, memory does not grow with the
+    images' resolution (see the module's docstring).
     Color input is treated through its lightness. ``size`` is the network's
     working resolution (rounded to a multiple of 32). Images run in chunks of
     ``batch_size`` (default: what fits the device); a chunk that runs out of
@@ -72,20 +93,22 @@ def colorize(
     that fails.
     """
     _check_images(images)
+    if dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"dtype must be torch.float32 or torch.uint8; got {dtype}")
     strength = check_strength(temporal)
     size = snap_size(size)
     working = working_copy(state, images.shape[1], images.shape[2], size) if strength else None
     device = next(model.parameters()).device
     total = images.shape[0]
     channels = 4 if images.shape[-1] == 4 else 3
-    out = torch.empty(*images.shape[:3], channels, dtype=torch.float32, device=images.device)
+    out = torch.empty(*images.shape[:3], channels, dtype=dtype, device=images.device)
     chunk = batch_size or default_batch_size(model, size)
     done = 0
     with torch.inference_mode():
         while done < total:
             n = min(chunk, total - done)
             try:
-                out[done : done + n], advanced = _colorize_chunk(model, images[done : done + n], size, device, strength, working)
+                advanced = _colorize_chunk(model, images[done : done + n], out[done : done + n], size, device, strength, working)
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
@@ -114,32 +137,70 @@ def _check_images(images: Tensor) -> None:
         raise ValueError(f"images must be shaped (B, H, W, C) with C = 1, 3 or 4; got {tuple(images.shape)}")
     if images.shape[1] < 1 or images.shape[2] < 1:
         raise ValueError(f"images have no pixels: {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be float in [0, 1]; got {images.dtype} (divide 8-bit images by 255)")
-    if not torch.isfinite(images).all():
+    if not images.is_floating_point() and images.dtype not in INTEGER_DTYPES:
+        raise TypeError(f"images must be float in [0, 1], uint8 or uint16; got {images.dtype}")
+    if images.is_floating_point() and not all(torch.isfinite(images[:, rows]).all() for rows in _row_bands(images)):
         raise ValueError("images contain NaN or Inf values; check what produced them (a decoder or math node upstream)")
 
 
 def _colorize_chunk(
-    model: DDColor, images: Tensor, size: int, device: torch.device, strength: float, state: TemporalState | None
-) -> tuple[Tensor, TemporalState | None]:
-    """Colorized images, and the temporal state after them (None when not stabilizing)."""
-    x = images.to(device, torch.float32).permute(0, 3, 1, 2).clamp(0, 1)
-    height, width = x.shape[-2:]
-    rgb = x[:, :3] if x.shape[1] >= 3 else x.expand(-1, 3, -1, -1)
-    lightness = rgb_to_lab(rgb)[:, :1]
-
-    small = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    small_lightness = rgb_to_lab(small)[:, :1]
+    model: DDColor, images: Tensor, out: Tensor, size: int, device: torch.device, strength: float, state: TemporalState | None
+) -> TemporalState | None:
+    """Colorize ``images`` into ``out``; returns the temporal state after them (None when not stabilizing)."""
+    height, width = images.shape[1:3]
+    small_lightness = rgb_to_lightness(_working_rgb(images, size, device))
     ab = model(gray_rgb_from_lightness(small_lightness)).float().clamp(AB_MIN, AB_MAX)
     if state is not None:
         ab, state = stabilize(small_lightness, ab, state, strength)
-    ab = F.interpolate(ab, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    ab_rows = _resize(ab, height, size)
+    for rows in _row_bands(images):
+        x = _unit_float(images[:, rows], device)
+        lab = torch.cat((rgb_to_lightness(_rgb(x)), _resize(ab_rows[:, :, rows], x.shape[-2], width)), dim=1)
+        result = lab_to_rgb(lab)
+        if x.shape[1] == 4:
+            result = torch.cat((result, x[:, 3:]), dim=1)
+        out[:, rows] = _as_dtype(result.permute(0, 2, 3, 1), out.dtype)
+    return state
 
-    result = lab_to_rgb(torch.cat((lightness, ab), dim=1))
-    if x.shape[1] == 4:
-        result = torch.cat((result, x[:, 3:]), dim=1)
-    return result.permute(0, 2, 3, 1).to(images.device), state
+
+def _working_rgb(images: Tensor, size: int, device: torch.device) -> Tensor:
+    """The images' RGB resized to ``size x size``, (B, 3, size, size) float32 on ``device``:
+    each band resized across to ``size`` columns, then all of them down to ``size`` rows."""
+    batch, height = images.shape[:2]
+    color = 1 if images.shape[-1] == 1 else 3
+    across = torch.empty(batch, color, height, size, device=device)
+    for rows in _row_bands(images):
+        band = _unit_float(images[:, rows, :, :color], device)
+        across[:, :, rows] = _resize(band, band.shape[-2], size)
+    return _rgb(_resize(across, size, size))
+
+
+def _row_bands(images: Tensor) -> list[slice]:
+    """Slices of rows of ``images`` (B, H, W, C) holding about ``BAND_PIXELS`` pixels each (at least one row)."""
+    batch, height, width = images.shape[:3]
+    rows = max(1, BAND_PIXELS // (batch * width))
+    return [slice(start, min(start + rows, height)) for start in range(0, height, rows)]
+
+
+def _unit_float(pixels: Tensor, device: torch.device) -> Tensor:
+    """(B, h, W, C) float or uint8/uint16 pixels -> (B, C, h, W) float32 in [0, 1] on ``device``."""
+    x = pixels.to(device)
+    x = x.float().clamp(0, 1) if x.is_floating_point() else x.float().div_(torch.iinfo(pixels.dtype).max)
+    return x.permute(0, 3, 1, 2)
+
+
+def _rgb(x: Tensor) -> Tensor:
+    """The RGB channels of (B, C, h, w) with C = 1 (gray, repeated), 3 or 4."""
+    return x[:, :3] if x.shape[1] >= 3 else x.expand(-1, 3, -1, -1)
+
+
+def _resize(x: Tensor, height: int, width: int) -> Tensor:
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _as_dtype(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """Values in [0, 1] as ``dtype``; uint8 rounds to nearest."""
+    return values.mul(255).add_(0.5).to(dtype) if dtype == torch.uint8 else values
 
 
 def activation_bytes(model: DDColor, size: int) -> int:

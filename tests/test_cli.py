@@ -89,6 +89,32 @@ def test_every_mode_is_colorized_with_its_size_and_alpha(tmp_path, small_checkpo
     assert "colorized 8, skipped 0, failed 0" in capsys.readouterr().out
 
 
+def test_scans_are_colorized_band_by_band_as_whole_images_would_be(tmp_path, small_checkpoint, monkeypatch):
+    """A 16-bit gray and an RGBA scan of odd sizes, cut into bands of one row: the
+    8-bit outputs are the whole-image results rounded, and only they are left."""
+    import torch
+
+    from tests.oracle import whole_image_colorize
+
+    monkeypatch.setattr(ddcolor.pipeline, "BAND_PIXELS", 97)
+    rng = np.random.default_rng(0)
+    scans = {"deep": photo(width=75, height=53).astype(np.uint16) * 257 + rng.integers(0, 257, (53, 75), dtype=np.uint16)}
+    scans["rgba"] = np.dstack([np.repeat(photo(width=67, height=41)[..., None], 3, axis=-1), rng.integers(0, 256, (41, 67), dtype=np.uint8)])
+    (tmp_path / "in").mkdir()
+    for name, pixels in scans.items():
+        Image.fromarray(pixels).save(tmp_path / "in" / f"{name}.png")
+
+    assert run("colorize", tmp_path / "in", "-o", tmp_path / "out", "--model", small_checkpoint, "--size", 64, "--precision", "fp32") == 0
+
+    model = ddcolor.load_model(small_checkpoint, precision="fp32")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["deep_color.png", "rgba_color.png"]
+    for name, pixels in scans.items():
+        pixels = torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1))[None]
+        expected = (whole_image_colorize(model, pixels, 64)[0] * 255 + 0.5).to(torch.uint8).numpy().astype(int)
+        with Image.open(tmp_path / "out" / f"{name}_color.png") as image:
+            assert np.abs(np.asarray(image).astype(int) - expected).max() <= 1, name
+
+
 def test_real_photos(tmp_path, small_checkpoint, fixture_photos):
     assert run("colorize", *fixture_photos, "-o", tmp_path, "--model", small_checkpoint, "--size", 128) == 0
     for source in fixture_photos:
@@ -186,9 +212,9 @@ def test_size_and_presets_and_one_model_load_per_run(photos, tmp_path, small_che
         loads.append(args)
         return real_load(*args, **kwargs)
 
-    def recording_colorize(model, images, *, size):
+    def recording_colorize(model, images, *, size, dtype):
         sizes.append(size)
-        return images.expand(-1, -1, -1, 3).clone()
+        return images.expand(-1, -1, -1, 3).to(dtype)
 
     monkeypatch.setattr(ddcolor, "load_model", counting_load)
     monkeypatch.setattr(ddcolor, "colorize", recording_colorize)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddcolor.color import colorfulness, delta_e_ciede2000, gray_rgb_from_lightness, lab_to_rgb, rgb_to_lab
+from ddcolor.color import colorfulness, delta_e_ciede2000, gray_rgb_from_lightness, lab_to_rgb, rgb_to_lab, rgb_to_lightness
 
 cv2 = pytest.importorskip("cv2")
 
@@ -34,6 +34,13 @@ def test_rgb_to_lab_agrees_with_opencv():
     actual = to_numpy(rgb_to_lab(to_torch(rgb)))
     assert np.abs(actual[..., 0] - expected[..., 0]).max() < 0.5
     assert np.abs(actual[..., 1:] - expected[..., 1:]).max() < 1.0
+
+
+def test_lightness_alone_is_labs_first_channel():
+    rgb = to_torch(random_rgb())
+    lightness = rgb_to_lightness(rgb)
+    assert lightness.shape == (1, 1, *rgb.shape[-2:])
+    assert (lightness - rgb_to_lab(rgb)[:, :1]).abs().max() < 1e-4
 
 
 def test_lab_to_rgb_agrees_with_opencv_including_out_of_gamut():

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ddcolor.cli import imageio
-from ddcolor.cli.imageio import ImageReadError, read_image, write_bytes, write_image
+from ddcolor.cli.imageio import ImageReadError, read_image, read_pixels, write_bytes, write_image
 
 
 def gradient(width: int = 24, height: int = 16) -> np.ndarray:
@@ -85,6 +85,40 @@ def test_sixteen_bit_gray_keeps_its_precision(tmp_path):
     assert array.shape == (1, 5, 1)
     np.testing.assert_allclose(array[0, :, 0], values[0] / 65535.0, atol=1e-6)
     assert array[0, 2, 0] > array[0, 1, 0]  # 8-bit reduction would merge 1000 and 1001
+
+
+@pytest.mark.parametrize(
+    "array, name, dtype",
+    [
+        (gradient(), "gray.png", np.uint8),
+        (np.dstack([gradient()] * 3 + [gradient()[::-1]]), "rgba.png", np.uint8),
+        (gradient().astype(np.uint16) * 257 + 3, "deep.png", np.uint16),
+        (gradient().astype(np.int32), "eight_bit_in_int32.tif", np.uint8),
+        (gradient().astype(np.int32) * 200, "sixteen_bit_in_int32.tif", np.uint16),
+    ],
+)
+def test_pixels_keep_the_files_bit_depth_and_read_image_is_their_fraction(tmp_path, array, name, dtype):
+    # Scans stay as small as their file's samples until colorize converts them band by band.
+    path = save(tmp_path, name, Image.fromarray(array))
+    pixels = read_pixels(path)
+    assert pixels.dtype == dtype and pixels.shape == (*array.shape[:2], 1 if array.ndim == 2 else array.shape[2])
+    np.testing.assert_array_equal(pixels.reshape(array.shape), array)
+    np.testing.assert_allclose(read_image(path), pixels / np.iinfo(dtype).max, atol=1e-7)
+
+
+def test_scans_past_pillows_bomb_limit_are_refused_with_how_to_allow_them(tmp_path, monkeypatch):
+    path = save(tmp_path, "scan.png", Image.fromarray(gradient(width=40, height=30)))  # 1200 pixels
+    monkeypatch.delenv(imageio.MAX_MEGAPIXELS_VARIABLE, raising=False)
+    for limit in (1000, 500):  # past Pillow's limit (its warning), and twice past it (its error)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        with pytest.raises(ImageReadError, match=rf"1200 pixels.*set the environment variable {imageio.MAX_MEGAPIXELS_VARIABLE}") as error:
+            read_pixels(path)
+        assert str(path) in str(error.value)
+    monkeypatch.setenv(imageio.MAX_MEGAPIXELS_VARIABLE, "0.0012")
+    assert read_pixels(path).shape == (30, 40, 1)
+    monkeypatch.setenv(imageio.MAX_MEGAPIXELS_VARIABLE, "lots")
+    with pytest.raises(ImageReadError, match="DDCOLOR_MAX_MEGAPIXELS=lots: use a number of megapixels"):
+        read_pixels(path)
 
 
 def test_32_bit_integer_and_float_gray_are_scaled_by_their_range(tmp_path):

@@ -10,6 +10,7 @@ import torch
 
 import ddcolor
 from ddcolor.color import colorfulness, gray_rgb_from_lightness, rgb_to_lab
+from tests.oracle import whole_image_colorize
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +94,8 @@ def test_bad_input_gets_a_clear_error(model):
         ddcolor.colorize(model, torch.rand(8, 8, 3))
     with pytest.raises(ValueError, match=r"C = 1, 3 or 4"):
         ddcolor.colorize(model, torch.rand(1, 8, 8, 2))
-    with pytest.raises(TypeError, match="divide 8-bit images by 255"):
-        ddcolor.colorize(model, torch.zeros(1, 8, 8, 3, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="float in \\[0, 1\\], uint8 or uint16; got torch.int32"):
+        ddcolor.colorize(model, torch.zeros(1, 8, 8, 3, dtype=torch.int32))
 
 
 def test_chunks_give_the_same_result_and_report_progress(model):
@@ -176,3 +177,88 @@ def test_activation_estimate_bounds_what_a_forward_really_uses(tiny_checkpoint, 
     measured = peak_live_bytes(model, torch.rand(1, 3, 384, 384))
     estimate = ddcolor.activation_bytes(model, 384)
     assert measured <= estimate <= 2.5 * measured, (measured, estimate)
+
+
+# ----------------------------------------------------------------------------- bands of rows
+
+
+@pytest.fixture
+def tiny_bands(monkeypatch):
+    """Bands of one or a few rows, so that every image below is cut into many."""
+    monkeypatch.setattr(ddcolor.pipeline, "BAND_PIXELS", 97)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1, 37, 53, 1),  # odd sizes, gray: one row per band
+        (2, 45, 31, 3),  # two images of a chunk share each band; 45 rows up from 64, 31 columns down
+        (1, 150, 41, 4),  # alpha; the height grows from 64, the width shrinks
+        (1, 3, 500, 3),  # fewer rows than a band's pixels would allow
+    ],
+)
+def test_bands_give_the_whole_image_result(model, tiny_bands, shape):
+    images = torch.rand(*shape)
+    banded = ddcolor.colorize(model, images, size=64, batch_size=shape[0])
+    assert banded.shape == (*shape[:3], 4 if shape[-1] == 4 else 3)
+    assert (banded - whole_image_colorize(model, images, 64)).abs().max() < 1e-4
+    if shape[-1] == 4:
+        assert torch.equal(banded[..., 3], images[..., 3])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16])
+def test_integer_pixels_read_as_fractions_of_their_range(model, tiny_bands, dtype):
+    top = torch.iinfo(dtype).max
+    pixels = torch.randint(0, top + 1, (1, 29, 43, 4), dtype=torch.int32).to(dtype)
+    out = ddcolor.colorize(model, pixels, size=64)
+    assert (out - ddcolor.colorize(model, pixels.float() / top, size=64)).abs().max() < 1e-5
+    assert (out - whole_image_colorize(model, pixels, 64)).abs().max() < 1e-4
+
+
+def test_eight_bit_output_is_the_float_output_rounded(model, tiny_bands):
+    pixels = torch.randint(0, 256, (1, 33, 47, 4), dtype=torch.uint8)
+    eight_bit = ddcolor.colorize(model, pixels, size=64, dtype=torch.uint8)
+    assert eight_bit.dtype == torch.uint8 and eight_bit.shape == pixels.shape
+    assert torch.equal(eight_bit[..., 3], pixels[..., 3])  # alpha comes through unchanged
+    rounded = (ddcolor.colorize(model, pixels, size=64) * 255 + 0.5).to(torch.uint8)
+    assert (eight_bit.int() - rounded.int()).abs().max() <= 1
+    with pytest.raises(ValueError, match="torch.float32 or torch.uint8"):
+        ddcolor.colorize(model, pixels, size=64, dtype=torch.float16)
+
+
+class ConstantChroma(torch.nn.Module):
+    """A stand-in network with next to no activations: ab from a 1x1 convolution."""
+
+    precision = "fp32"
+
+    def __init__(self):
+        super().__init__()
+        self.mix = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return 40 * self.mix(x)
+
+
+def peak_live_bytes_of(call) -> int:
+    """Peak bytes of tensors alive during ``call()``, from the profiler's allocation timeline."""
+    from torch.profiler import profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    with profile(profile_memory=True) as prof:
+        call()
+    live = peak = 0
+    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_full_resolution_memory_is_the_output_and_a_band(monkeypatch, dtype):
+    # The issue's bound: at most 16 bytes per pixel beyond the input and the
+    # output. Whole-image steps took over 100.
+    monkeypatch.setattr(ddcolor.pipeline, "BAND_PIXELS", 1 << 14)
+    images = torch.rand(1, 700, 900, 3) if dtype == torch.float32 else torch.randint(0, 256, (1, 700, 900, 1), dtype=torch.uint8)
+    output_bytes = 700 * 900 * 3 * dtype.itemsize
+    extra = peak_live_bytes_of(lambda: ddcolor.colorize(ConstantChroma(), images, size=64, dtype=dtype)) - output_bytes
+    assert extra <= 16 * 700 * 900, extra  # in fact about 4: the bands, and rows of 64 values per image row

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import ddcolor
 from ddcolor import temporal
-from ddcolor.color import gray_rgb_from_lightness, lab_to_rgb, rgb_to_lab
+from ddcolor.color import rgb_to_lab
+from tests.oracle import whole_image_colorize
 from tests.test_pipeline import MemoryLimited
 
 SIZE = 96  # working size
@@ -62,17 +62,7 @@ def ab_of(images: torch.Tensor) -> torch.Tensor:
 
 def per_image_reference(model, images: torch.Tensor, size: int) -> torch.Tensor:
     """colorize as it was before temporal stabilization existed, one image at a time."""
-    outs = []
-    with torch.inference_mode():
-        for image in images:
-            x = image[None].float().permute(0, 3, 1, 2).clamp(0, 1)
-            rgb = x[:, :3] if x.shape[1] >= 3 else x.expand(-1, 3, -1, -1)
-            lightness = rgb_to_lab(rgb)[:, :1]
-            small = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            ab = model(gray_rgb_from_lightness(rgb_to_lab(small)[:, :1])).float().clamp(-128, 127)
-            ab = F.interpolate(ab, size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
-            outs.append(lab_to_rgb(torch.cat((lightness, ab), dim=1)).permute(0, 2, 3, 1))
-    return torch.cat(outs)
+    return torch.cat([whole_image_colorize(model, image[None], size) for image in images])
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +80,12 @@ def whole(model, clip):
 # ----------------------------------------------------------------------------- off is off
 
 
-def test_temporal_zero_is_the_per_image_result_bit_for_bit(model, clip):
+def test_temporal_zero_is_the_per_image_result(model, clip):
+    # Within rounding: colorize works in bands of rows, the reference on whole images.
     reference = per_image_reference(model, clip, SIZE)
-    assert torch.equal(ddcolor.colorize(model, clip, size=SIZE), reference)
+    assert (ddcolor.colorize(model, clip, size=SIZE) - reference).abs().max() < 1e-4
     state = ddcolor.TemporalState()
-    assert torch.equal(ddcolor.colorize(model, clip, size=SIZE, temporal=0, state=state), reference)
+    assert (ddcolor.colorize(model, clip, size=SIZE, temporal=0, state=state) - reference).abs().max() < 1e-4
     assert state.frames == 0  # ignored
 
 

@@ -295,18 +295,20 @@ def describe_jobs(images: int, clips: int, options, args: argparse.Namespace) ->
 
 
 def colorize_image(model, job: Job, *, size: int, summary: Summary, began: float):
-    """The colorized image as an array, or a failed Outcome."""
+    """The colorized image as an 8-bit array, or a failed Outcome."""
+    import torch
+
     import ddcolor
 
-    from .imageio import ImageReadError, read_image
+    from .imageio import ImageReadError, read_pixels
 
     try:
-        image = read_image(job.source)
+        image = read_pixels(job.source)
     except ImageReadError as e:
         return Outcome(job, FAILED, str(e).removeprefix(f"{job.source}: "), time.perf_counter() - began)
     try:
         model_began = time.perf_counter()
-        colored = ddcolor.colorize(model, _as_batch(image), size=size)[0].numpy()
+        colored = ddcolor.colorize(model, _as_batch(image), size=size, dtype=torch.uint8)[0].numpy()
         summary.model_seconds += time.perf_counter() - model_began
     except (MemoryError, RuntimeError, ValueError) as e:
         return Outcome(job, FAILED, f"colorize failed: {e}", time.perf_counter() - began)
@@ -334,9 +336,13 @@ def report_decided_failures(decided: list[Outcome], progress: Progress) -> None:
 
 
 def _as_batch(image):
+    import warnings
+
     import torch
 
-    return torch.from_numpy(image)[None]
+    with warnings.catch_warnings():  # read_pixels' arrays are read-only; colorize only reads them
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(image)[None]
 
 
 def resolve_device(name: str) -> str:

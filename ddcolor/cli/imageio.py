@@ -1,10 +1,16 @@
 """Image files in and out for the command line: every Pillow mode in, PNG/JPEG out, atomically.
 
-``read_image`` returns (H, W, C) float32 in [0, 1] with C = 1 (gray), 3 (RGB)
-or 4 (RGBA), the layout ``ddcolor.colorize`` takes, with EXIF orientation
-applied. 16-bit gray keeps its 16 bits until the float conversion; palette,
-CMYK, YCbCr, LAB and HSV files go through RGB; any alpha (RGBA, LA, PA,
-palette transparency, premultiplied) comes back as a fourth channel.
+``read_pixels`` returns (H, W, C) with C = 1 (gray), 3 (RGB) or 4 (RGBA), the
+layout ``ddcolor.colorize`` takes, with EXIF orientation applied, at the bit
+depth of the file: uint8, uint16 (16-bit gray) or float32 (32-bit gray), so
+that a large scan is not widened to float as a whole (``ddcolor.colorize``
+converts it band by band). ``read_image`` is the same as float32 in [0, 1].
+Palette, CMYK, YCbCr, LAB and HSV files go through RGB; any alpha (RGBA, LA,
+PA, palette transparency, premultiplied) comes back as a fourth channel.
+
+Pillow's decompression-bomb guard stays on: a file of more than its 89.5
+megapixels is refused, with a message saying how to allow it: set
+``DDCOLOR_MAX_MEGAPIXELS`` to the largest size to accept.
 
 ``write_image`` never leaves a half-written file at the target path: it writes
 a hidden temporary file in the same folder and renames it over the target
@@ -31,6 +37,8 @@ WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 # 1000x700 colorized photo), which keeps encoding small next to the model.
 PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 TEMP_SUFFIX = ".part"
+# Raises Pillow's decompression-bomb limit, in megapixels, for scans larger than its default.
+MAX_MEGAPIXELS_VARIABLE = "DDCOLOR_MAX_MEGAPIXELS"
 # mkstemp creates files readable by the owner only; outputs get the usual
 # permissions instead. Read once at import: os.umask can only be read by setting it.
 _UMASK = os.umask(0o022)
@@ -48,10 +56,22 @@ def image_extensions() -> set[str]:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read ``path`` as (H, W, C) float32 in [0, 1], C = 1, 3 or 4 (alpha last)."""
+    pixels = read_pixels(path)
+    if pixels.dtype == np.float32:
+        return pixels
+    return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
+
+
+def read_pixels(path: str | os.PathLike) -> np.ndarray:
+    """Read ``path`` as (H, W, C), C = 1, 3 or 4 (alpha last): uint8, uint16, or float32 in [0, 1].
+
+    The array may be read-only (it shares Pillow's decoded bytes).
+    """
     path = Path(path)
+    _apply_pixel_limit()
     try:
         with warnings.catch_warnings():
-            # Pillow warns (instead of failing) on some broken files; we want the failure.
+            # Pillow only warns between its limit and twice that; past the limit is past it.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
@@ -63,9 +83,27 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"{path}: is a folder, not an image") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image format Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        # Truncated or corrupt data, or a size past Pillow's decompression-bomb limit.
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(
+            f"{path}: {e} To colorize a scan this large on purpose, set the environment variable "
+            f"{MAX_MEGAPIXELS_VARIABLE} to its size in megapixels or more (e.g. {MAX_MEGAPIXELS_VARIABLE}=200)"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
         raise ImageReadError(f"{path}: cannot decode ({e})") from None
+
+
+def _apply_pixel_limit() -> None:
+    """Set Pillow's decompression-bomb limit from ``DDCOLOR_MAX_MEGAPIXELS`` when it is set."""
+    value = os.environ.get(MAX_MEGAPIXELS_VARIABLE)
+    if not value:
+        return
+    try:
+        megapixels = float(value)
+    except ValueError:
+        megapixels = 0.0
+    if not megapixels > 0:
+        raise ImageReadError(f"{MAX_MEGAPIXELS_VARIABLE}={value}: use a number of megapixels, e.g. 200")
+    Image.MAX_IMAGE_PIXELS = int(megapixels * 1e6)
 
 
 def _to_array(image: Image.Image) -> np.ndarray:
@@ -80,21 +118,21 @@ def _to_array(image: Image.Image) -> np.ndarray:
         image = (image.convert("LA") if mode == "La" else image).convert("RGBA")
     elif mode not in ("L", "RGB", "RGBA"):  # CMYK, YCbCr, LAB, HSV, ...
         image = image.convert("RGB")
-    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = np.asarray(image)
     return array[..., None] if array.ndim == 2 else array
 
 
 def _high_bit_depth_gray(image: Image.Image) -> np.ndarray:
-    """16-bit and 32-bit gray: scale by the bit depth the values fit, not by 255."""
+    """16-bit and 32-bit gray by the bit depth their values fit: uint8, uint16, else float32 in [0, 1]."""
     array = np.asarray(image)
     if image.mode.startswith("I;16"):
-        scale = 65535.0
-    else:
-        peak = float(array.max(initial=0))
-        # Mode I holds 8- or 16-bit data widened to 32 bits; F is usually [0, 1].
-        scale = 1.0 if image.mode == "F" and peak <= 1.0 else 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
-    array = np.clip(array.astype(np.float32) / scale, 0.0, 1.0)
-    return array[..., None]
+        return array.astype(np.uint16, copy=False)[..., None]  # big-endian files come as >u2
+    peak = float(array.max(initial=0))
+    if image.mode == "I" and peak <= 65535:  # 8- or 16-bit data widened to 32 bits
+        return np.clip(array, 0, None).astype(np.uint8 if peak <= 255 else np.uint16)[..., None]
+    # F is usually [0, 1]; else it and wider integers are scaled by their range.
+    scale = 1.0 if image.mode == "F" and peak <= 1.0 else 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+    return np.clip(array.astype(np.float32) / np.float32(scale), 0.0, 1.0)[..., None]
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
