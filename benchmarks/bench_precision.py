@@ -17,10 +17,10 @@ slow, on CPUs without native half units; the numbers do not depend on speed.
     python benchmarks/bench_precision.py --variants tiny --size 384 --recipes none stage2
 
 ``--splits`` instead measures where ``mixed`` may use bf16: each candidate
-holds the MLPs of the named ConvNeXt stages in bf16 and everything else in
-fp32, on the calibrated checkpoints (how ``MIXED_BF16_STAGES`` was chosen):
+holds the named MLP layers in bf16 and everything else in fp32, on the
+calibrated checkpoints (how ``MIXED_SPLITS`` was chosen, per kind of CPU):
 
-    python benchmarks/bench_precision.py --splits 0123 2 3 23
+    python benchmarks/bench_precision.py --splits 0123 2 3 23 3:23 23:3
 """
 
 from __future__ import annotations
@@ -73,21 +73,24 @@ def run(state: dict, x: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
         logger.removeHandler(watch)
 
 
+def parse_split(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """"23": both MLP layers of stages 2 and 3 in bf16; "3:23": pwconv1 of stage 3, pwconv2 of stages 2 and 3."""
+    first, colon, second = text.partition(":")
+    return tuple(map(int, first)), tuple(map(int, second if colon else first))
+
+
 def split_rows(variant: str, x: torch.Tensor, splits: list[str]) -> None:
-    """One row per split: bf16 in the MLPs of the stages it names, fp32 elsewhere."""
+    """One row per split: bf16 in the MLP layers it names, fp32 elsewhere."""
     state = load_state(calibrated_checkpoint(variant))
     reference = model_from_state_dict(dict(state))(x)
     base_colorfulness = colorfulness_of(x, reference)
-    chosen = precision._MIXED_BF16_MODULES
-    for stages in splits:
-        precision._MIXED_BF16_MODULES = re.compile(rf"encoder\.arch\.stages\.[{stages}]\.\d+\.pwconv[12]")
-        try:
-            ab = apply_precision(model_from_state_dict(dict(state)), "mixed")(x)
-        finally:
-            precision._MIXED_BF16_MODULES = chosen
+    for text in splits:
+        split = parse_split(text)
+        ab = apply_precision(model_from_state_dict(dict(state)), "mixed", split=split).predict(x)
         diff = (ab - reference).abs()
         shift = colorfulness_of(x, ab) / base_colorfulness - 1
-        label = ", ".join(stages) + (" (the chosen split)" if tuple(map(int, stages)) == precision.MIXED_BF16_STAGES else "")
+        label = f"pwconv1 {', '.join(map(str, split[0])) or '-'}; pwconv2 {', '.join(map(str, split[1])) or '-'}"
+        label += " (this CPU's split)" if split == precision.mixed_split() else ""
         print(f"| {variant} | {label} | {diff.mean():.3f} | {diff.max():.2f} | {shift:+.2%} |", flush=True)
 
 
@@ -97,10 +100,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--recipes", nargs="+", default=["none", *STRESS_RECIPES], help="none and/or stress recipes")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
-    parser.add_argument("--splits", nargs="+", metavar="STAGES", help="candidate mixed splits, e.g. 23 (stages 2 and 3)")
+    parser.add_argument("--splits", nargs="+", metavar="STAGES", help="candidate mixed splits: 23 (both MLP layers of stages 2 and 3), 3:23 (pwconv1 of stage 3, pwconv2 of stages 2 and 3)")
     args = parser.parse_args()
-    if args.splits and not all(re.fullmatch(r"[0-3]+", s) for s in args.splits):
-        parser.error("--splits takes ConvNeXt stage digits 0-3, e.g. --splits 0123 23")
+    if args.splits and not all(re.fullmatch(r"[0-3]+(:[0-3]*)?", s) for s in args.splits):
+        parser.error("--splits takes ConvNeXt stage digits 0-3, optionally pwconv1's:pwconv2's, e.g. --splits 0123 23 3:23")
     warnings.simplefilter("ignore")
     photos = sorted(p for p in FIXTURES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     x = fixture_inputs(photos, args.size)

@@ -7,7 +7,7 @@ depthwise convs and layer scales), and those modules compute in FP32.
 ``fp32_modules(model)`` lists them.
 
 ``mixed`` is what ``auto`` (and fp16) runs on a CPU with native bf16 units:
-bf16 only in the ConvNeXt MLPs of ``MIXED_BF16_STAGES``, FP32 everywhere else.
+bf16 only in the ConvNeXt MLP layers of ``MIXED_SPLITS``, FP32 everywhere else.
 Those MLPs are most of the forward's work, and in bf16 they keep the result
 within fp16's bounds of fp32, which bf16 everywhere does not
 (benchmarks/RESULTS.md, "Choosing auto on a CPU").
@@ -35,14 +35,16 @@ DESCRIPTIONS = {
     "fp16": "fp16",
     "fp32": "fp32",
     "bf16": "bf16",
-    "mixed": "mixed (bf16 in the MLPs of the encoder's last two stages, fp32 elsewhere)",
+    "mixed": "mixed (bf16 in MLP layers of the encoder's last two stages, fp32 elsewhere)",
 }
-# ConvNeXt stages (0-based) whose MLP weights ``mixed`` holds in bf16: 83% of
-# DDColor-L's MLP work (30 of 36 blocks), 67% of DDColor-T's. All four stages
-# in bf16 miss fp16's bounds on DDColor-T (max 4.0 ab at 512); these two keep
-# mean 0.21-0.24 / max 1.65-2.16 (benchmarks/RESULTS.md).
-MIXED_BF16_STAGES = (2, 3)
-_MIXED_BF16_MODULES = re.compile(rf"encoder\.arch\.stages\.[{''.join(map(str, MIXED_BF16_STAGES))}]\.\d+\.pwconv[12]")
+# Which ConvNeXt MLP layers ``mixed`` holds in bf16, per kind of bf16 unit:
+# (stages whose pwconv1 is bf16, stages whose pwconv2 is bf16), 0-based. The
+# rounding of bf16 products differs between units, so each split was chosen by
+# measuring against fp32 on that kind of CPU (benchmarks/RESULTS.md, "Choosing
+# auto on a CPU"): with AVX-512 bf16 both layers of stages 2 and 3 keep fp16's
+# bounds (83% of DDColor-L's MLP work); with AMX that split reaches max 2.9-3.1
+# ab on DDColor-T at 128, past fp16's 3, and pwconv1 of stage 2 is left FP32.
+MIXED_SPLITS = {"avx512": ((2, 3), (2, 3)), "amx": ((3,), (2, 3))}
 # When a precision is slow or unsupported on a device, what runs instead: the
 # first of these that is fast there. fp16 is never replaced by bf16, which
 # misses fp16's accuracy bounds; mixed meets them.
@@ -105,15 +107,25 @@ def cpu_bf16_units() -> str | None:
     return "avx512" if " avx512_bf16" in flags else None
 
 
-def weight_dtype(precision: str, module_name: str) -> torch.dtype:
-    """The dtype ``precision`` holds a module's (unpinned) weights in."""
+def mixed_split() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``MIXED_SPLITS`` entry for this CPU (the AVX-512 one where it has no bf16 units: strict runs only)."""
+    return MIXED_SPLITS.get(cpu_bf16_units() or "avx512", MIXED_SPLITS["avx512"])
+
+
+def weight_dtype(precision: str, module_name: str, split: tuple[tuple[int, ...], tuple[int, ...]]) -> torch.dtype:
+    """The dtype ``precision`` holds a module's (unpinned) weights in; ``split`` as in ``MIXED_SPLITS``."""
     if precision == "mixed":
-        return torch.bfloat16 if _MIXED_BF16_MODULES.fullmatch(module_name) else torch.float32
+        found = re.fullmatch(r"encoder\.arch\.stages\.(\d)\.\d+\.pwconv([12])", module_name)
+        in_bf16 = found is not None and int(found[1]) in split[int(found[2]) - 1]
+        return torch.bfloat16 if in_bf16 else torch.float32
     return DTYPES[precision]
 
 
-def apply_precision(model: nn.Module, precision: str) -> nn.Module:
+def apply_precision(model: nn.Module, precision: str, *, split: tuple | None = None) -> nn.Module:
     """Hold ``model``'s weights in ``precision``, keeping pinned tensors FP32. In place.
+
+    ``split``: which MLP layers ``mixed`` holds in bf16 (default: this CPU's
+    ``MIXED_SPLITS`` entry); kept as ``model.mixed_split``.
 
     Before the first conversion to half, modules that have ``balance_for_half``
     rewrite themselves exactly (in FP32) so their half tensors stay in range.
@@ -125,6 +137,7 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
             if hasattr(module, "balance_for_half"):
                 module.balance_for_half()
         model.balanced_for_half = True
+    split = split or mixed_split()
     kept = []
     for module_name, module in model.named_modules():
         pinned = set(getattr(module, "fp32_tensors", ()))
@@ -133,7 +146,7 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
             for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
             if tensor is not None and tensor.is_floating_point()
         }
-        dtype = weight_dtype(precision, module_name)
+        dtype = weight_dtype(precision, module_name, split)
         converted = {name: t.to(torch.float32 if name in pinned else dtype) for name, t in tensors.items()}
         # A module computes in one dtype: if half cannot hold one of its
         # tensors (weight or bias), all of them stay FP32.
@@ -151,6 +164,7 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
         log.info("ddcolor: %d layer(s) with weights out of %s's range stay fp32: %s", len(kept), precision, ", ".join(kept[:4]))
     model.kept_in_fp32 = kept
     model.precision = precision
+    model.mixed_split = split
     return model
 
 
@@ -185,7 +199,7 @@ def full_precision(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         with torch.inference_mode(False):
-            apply_precision(model, previous)
+            apply_precision(model, previous, split=getattr(model, "mixed_split", None))
 
 
 def fp32_modules(model: nn.Module) -> list[str]:

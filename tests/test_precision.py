@@ -71,7 +71,7 @@ def test_cpus_with_native_bf16_run_mixed_for_auto_and_fp16(monkeypatch, caplog, 
         assert resolve_precision("fp16", "cpu") == "mixed"
     assert caplog.records[0].message == (
         "ddcolor: fp16 is slow or unsupported on cpu; running mixed "
-        "(bf16 in the MLPs of the encoder's last two stages, fp32 elsewhere) instead"
+        "(bf16 in MLP layers of the encoder's last two stages, fp32 elsewhere) instead"
     )
     assert resolve_precision("fp16", "cpu", strict=True) == "fp16"
 
@@ -98,14 +98,18 @@ def parameter_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
-def test_mixed_holds_only_the_last_two_stages_mlps_in_bf16(tiny_checkpoint):
+@pytest.mark.parametrize("units", ["amx", "avx512"])
+def test_mixed_holds_only_its_cpus_split_of_the_last_two_stages_mlps_in_bf16(monkeypatch, tiny_checkpoint, units):
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: units)
+    pwconv1_stages, pwconv2_stages = precision.MIXED_SPLITS[units]
+    assert set(pwconv1_stages) | set(pwconv2_stages) <= {2, 3}
     model = apply_precision(model_from_state_dict(load_state(tiny_checkpoint)), "mixed")
     bf16 = {name for name, t in model.named_parameters() if t.dtype == torch.bfloat16}
     expected = {
         f"encoder.arch.stages.{stage}.{block}.{layer}.{kind}"
-        for stage in (2, 3)
+        for layer, stages in (("pwconv1", pwconv1_stages), ("pwconv2", pwconv2_stages))
+        for stage in stages
         for block in range(len(model.encoder.arch.stages[stage]))
-        for layer in ("pwconv1", "pwconv2")
         for kind in ("weight", "bias")
     }
     assert bf16 == expected
