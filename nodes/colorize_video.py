@@ -100,8 +100,8 @@ class DDColorColorizeVideo:
         except VideoError as e:
             raise VideoError(f"DDColor Colorize Video could not colorize the input video: {e}. Nothing was written.") from None
         log.info(
-            "ddcolor: colorized %d frames in %.1f s (%.2f frames/s); %s",
-            result.frames, result.seconds, result.frames / result.seconds, "; ".join(result.notes) or "",
+            "ddcolor: colorized %d frames in %.1f s (%.2f frames/s, model %.1f s); %s",
+            result.frames, result.seconds, result.frames / result.seconds, result.model_seconds, "; ".join(result.notes),
         )
         return (VideoFromFile(str(target)),)
 
