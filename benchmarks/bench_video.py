@@ -106,7 +106,7 @@ def machine() -> str:
     wide = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return (
         f"{model}, {os.cpu_count()} cores ({', '.join(wide) or 'no AVX2'}); torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; PyAV {av.__version__} (libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}); "
+        f"PyAV {av.__version__} (libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}); "
         f"Python {platform.python_version()}"
     )
 
@@ -218,7 +218,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--device", default="cpu", help="--run cli only; the node and the server use ComfyUI's device")
     parser.add_argument("--temporal", help="stabilization strength (default: the recommended one)")
+    parser.add_argument("--threads", type=int, help="torch threads of the process that colorizes (default: one per core); "
+                        "1 keeps a machine busy with other work from stalling every layer on a second thread")
     args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by torch when the child (or server) starts
 
     sys.path.insert(0, str(REPO))
     from tests.conftest import calibrated_checkpoint  # built once, cached in .cache/tests
@@ -226,7 +230,7 @@ def main() -> None:
     checkpoint = calibrated_checkpoint(args.variant)
     print(f"Machine: {machine()}")
     print(f"Run: {args.run}. Clips: {args.width}x{args.height} at {args.fps} fps with AAC audio; DDColor {args.variant} "
-          f"(calibrated), size {args.size}, temporal {args.temporal or 'default'}")
+          f"(calibrated), size {args.size}, temporal {args.temporal or 'default'}, {args.threads or 'default'} torch thread(s)")
     print()
     peak_name = "server peak RSS (VmHWM)" if args.run == "server" else "peak RSS"
     print(f"| frames | {peak_name} | wall time | frames/s | frames/s in the model | model share | load average |")
@@ -254,7 +258,7 @@ def main() -> None:
             )
     print()
     options = [f"--run {args.run}", f"--frames {' '.join(map(str, args.frames))}", f"--width {args.width}", f"--height {args.height}",
-               f"--fps {args.fps}", f"--variant {args.variant}", f"--size {args.size}"]
+               f"--fps {args.fps}", f"--variant {args.variant}", f"--size {args.size}"] + ([f"--threads {args.threads}"] if args.threads else [])
     print("python benchmarks/bench_video.py " + " ".join(options) + (f" --temporal {args.temporal}" if args.temporal is not None else ""))
 
 

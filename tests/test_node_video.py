@@ -13,7 +13,6 @@ import io
 import sys
 from fractions import Fraction
 
-import numpy as np
 import pytest
 import torch
 
