@@ -557,6 +557,27 @@ def test_video_from_create_video_runs_through_the_video_node(comfy, tmp_path):
     assert result["audio"]["codec"] == "aac" and abs(result["audio"]["seconds"] - 10 / 24) < 0.1
 
 
+def test_short_clip_through_the_image_node_keeps_frames_rate_and_sound(comfy, tmp_path):
+    """The IMAGE path for short clips: Get Video Components -> DDColor Colorize (temporal) -> Create Video."""
+    source = tmp_path / "image_path.mp4"
+    make_clip(source, 12, Fraction(24), (160, 96))
+    prompt = {
+        "1": {"class_type": "LoadVideo", "inputs": {"file": upload(comfy, source)}},
+        "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
+        "3": {"class_type": NODE, "inputs": {"image": ["2", 0], "precision": "fp16", "size": 256,
+                                             "model": "custom/my_ddcolor.pth", "temporal": 0.9}},
+        "4": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "audio": ["2", 1], "fps": ["2", 2]}},
+        "5": {"class_type": "SaveVideo", "inputs": {"video": ["4", 0], "filename_prefix": "ddcolor/image_path", "format": "mp4", "codec": "h264"}},
+    }
+    entry = run(comfy, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    result = read_clip(output_file(comfy, entry, "5"))
+    assert result["frames"].shape == (12, 96, 160, 3) and result["rate"] == 24
+    assert result["audio"]["codec"] == "aac" and abs(result["audio"]["seconds"] - 12 / 24) < 0.1
+    colors = result["frames"].astype(np.int16)
+    assert (colors.max(-1) - colors.min(-1)).mean() > 3, "the saved video is still gray"
+
+
 def test_cancel_mid_clip_leaves_no_file_and_the_server_serves_the_next_prompt(comfy, tmp_path):
     source = tmp_path / "long.mp4"
     make_clip(source, 120, Fraction(24), (160, 96))
