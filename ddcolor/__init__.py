@@ -7,6 +7,9 @@ Public interface::
     state = ddcolor.TemporalState()                        # video: one per clip
     for chunk in clip:                                     # consecutive frames
         colored = ddcolor.colorize(model, chunk, temporal=ddcolor.temporal.RECOMMENDED_STRENGTH, state=state)
+
+    import ddcolor.video                                   # a video file, streamed (PyAV)
+    ddcolor.video.colorize_video(model, ddcolor.video.VideoReader("film.mp4"), Path("film_color.mp4"), size=512, temporal=0.9)
 """
 
 from .checkpoint import PUBLISHED, CheckpointError, DownloadError, download

@@ -81,20 +81,20 @@ class DDColorColorize:
 
     @classmethod
     def INPUT_TYPES(cls):
+        widgets = model_widgets()
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": TOOLTIPS["image"]}),
-                "precision": (list(PRECISIONS), {"default": "fp16", "tooltip": TOOLTIPS["precision"]}),
-                # No control_after_generate: it would add a hidden widget value.
-                "size": ("INT", {"default": 512, "min": 256, "max": 2048, "step": 32, "tooltip": TOOLTIPS["size"]}),
+                "precision": widgets["precision"],
+                "size": widgets["size"],
             },
             # Optional, so prompts and workflows saved before this widget existed
             # (only precision and size) still run, with the default model.
             "optional": {
-                "model": (model_choices(_checkpoint_files()), {"default": DEFAULT_MODEL, "tooltip": TOOLTIPS["model"]}),
+                "model": widgets["model"],
                 # Optional and last, so prompts and workflows saved before it existed
                 # (with two or three widget values) load and run unchanged, without it.
-                "temporal": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": TOOLTIPS["temporal"]}),
+                "temporal": temporal_widget(0.0, TOOLTIPS["temporal"]),
             },
         }
 
@@ -102,14 +102,7 @@ class DDColorColorize:
         import comfy.model_management as mm
         import comfy.utils
 
-        mm.throw_exception_if_processing_interrupted()
-        # ComfyUI checks only min/max: 460 from the API or a JSON file arrives as 460.
-        working_size = snap_size(size)
-        patcher = _load(model, precision)
-        # Frees other models' VRAM for the weights plus one image's activations.
-        # A full load: DDColor's plain layers cannot run partly offloaded.
-        mm.load_models_gpu([patcher], memory_required=activation_bytes(patcher.model, working_size), force_full_load=True)
-
+        patcher, working_size = prepare_model(model, precision, size)
         bar = comfy.utils.ProgressBar(image.shape[0])
 
         def progress(done: int, total: int) -> None:
@@ -137,6 +130,36 @@ class DDColorColorize:
         # A no-op when the engine already wrote to the intermediate device (a CPU input):
         # no second copy of a long clip.
         return (colored.to(mm.intermediate_device()),)
+
+
+def model_widgets() -> dict:
+    """precision, size and model: the widgets every DDColor node has, in this order."""
+    return {
+        "precision": (list(PRECISIONS), {"default": "fp16", "tooltip": TOOLTIPS["precision"]}),
+        # No control_after_generate: it would add a hidden widget value.
+        "size": ("INT", {"default": 512, "min": 256, "max": 2048, "step": 32, "tooltip": TOOLTIPS["size"]}),
+        "model": (model_choices(_checkpoint_files()), {"default": DEFAULT_MODEL, "tooltip": TOOLTIPS["model"]}),
+    }
+
+
+def temporal_widget(default: float, tooltip: str) -> tuple:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": tooltip})
+
+
+def prepare_model(choice: str, precision: str, size: int):
+    """The loaded model's ModelPatcher, on its device with room for one image's
+    activations, and the working size rounded to the grid. Raises ComfyUI's
+    interrupt first if Cancel was pressed before the node started."""
+    import comfy.model_management as mm
+
+    mm.throw_exception_if_processing_interrupted()
+    # ComfyUI checks only min/max: 460 from the API or a JSON file arrives as 460.
+    working_size = snap_size(size)
+    patcher = _load(choice, precision)
+    # Frees other models' VRAM for the weights plus one image's activations.
+    # A full load: DDColor's plain layers cannot run partly offloaded.
+    mm.load_models_gpu([patcher], memory_required=activation_bytes(patcher.model, working_size), force_full_load=True)
+    return patcher, working_size
 
 
 def _load(choice: str, precision: str):

@@ -1,17 +1,20 @@
 """The smallest stand-ins for the parts of ComfyUI the node calls, recording what it asks of them.
 
 ``install(monkeypatch, models_dir)`` puts modules named ``comfy``,
-``comfy.model_management``, ``comfy.utils``, ``comfy.model_patcher`` and
+``comfy.model_management``, ``comfy.utils``, ``comfy.model_patcher``,
+``comfy_api.input_impl`` (the VIDEO classes), ``comfy_api.util`` and
 ``folder_paths`` into ``sys.modules`` (monkeypatch removes them after the
-test), so ``DDColorColorize().colorize`` runs its real code path in CI without
-a ComfyUI checkout. Each stand-in does what the node relies on and no more;
+test), so the nodes run their real code paths in CI without a ComfyUI
+checkout. ComfyUI's temp folder is ``models_dir``'s grandparent's ``temp/``. Each stand-in does what the node relies on and no more;
 tests/test_e2e_comfyui.py checks the same behaviour against the real ComfyUI.
 """
 
 from __future__ import annotations
 
+import io
 import sys
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -21,6 +24,38 @@ import torch
 
 class InterruptProcessingException(Exception):
     """ComfyUI's exception for Cancel (comfy.model_management)."""
+
+
+@dataclass
+class VideoComponents:
+    """comfy_api.util.VideoComponents: frames (N, H, W, 3) float, their rate, AUDIO or None."""
+
+    images: torch.Tensor
+    frame_rate: Fraction
+    audio: dict | None = None
+    metadata: dict | None = None
+
+
+class VideoFromFile:
+    """comfy_api.input_impl.VideoFromFile (Load Video's output): a path or a BytesIO, read when asked."""
+
+    def __init__(self, file: str | io.BytesIO):
+        self._file = file
+
+    def get_stream_source(self) -> str | io.BytesIO:
+        if isinstance(self._file, io.BytesIO):
+            self._file.seek(0)
+        return self._file
+
+
+class VideoFromComponents:
+    """comfy_api.input_impl.VideoFromComponents (Create Video's output): frames, sound and rate in memory."""
+
+    def __init__(self, components: VideoComponents):
+        self._components = components
+
+    def get_components(self) -> VideoComponents:
+        return VideoComponents(self._components.images, self._components.frame_rate, self._components.audio)
 
 
 @dataclass
@@ -100,6 +135,7 @@ def install(monkeypatch, models_dir: Path) -> ComfyRecord:
 
     folder_paths = ModuleType("folder_paths")
     folder_paths.models_dir = str(models_dir.parent)
+    folder_paths.get_temp_directory = lambda: str(models_dir.parent.parent / "temp")
     folders: dict[str, list[str]] = {"ddcolor": [str(models_dir)]}
     folder_paths.get_folder_paths = lambda name: list(folders.get(name, []))
     folder_paths.add_model_folder_path = lambda name, path, is_default=False: folders.setdefault(name, []).insert(0, path)
@@ -110,11 +146,22 @@ def install(monkeypatch, models_dir: Path) -> ComfyRecord:
     comfy = ModuleType("comfy")
     comfy.__path__ = []  # a package, so `import comfy.utils` resolves the submodules below
     comfy.model_management, comfy.utils, comfy.model_patcher = mm, utils, model_patcher
+
+    input_impl = ModuleType("comfy_api.input_impl")
+    input_impl.VideoFromFile, input_impl.VideoFromComponents = VideoFromFile, VideoFromComponents
+    api_util = ModuleType("comfy_api.util")
+    api_util.VideoComponents = VideoComponents
+    comfy_api = ModuleType("comfy_api")
+    comfy_api.__path__ = []
+    comfy_api.input_impl, comfy_api.util = input_impl, api_util
     for name, module in {
         "comfy": comfy,
         "comfy.model_management": mm,
         "comfy.utils": utils,
         "comfy.model_patcher": model_patcher,
+        "comfy_api": comfy_api,
+        "comfy_api.input_impl": input_impl,
+        "comfy_api.util": api_util,
         "folder_paths": folder_paths,
     }.items():
         monkeypatch.setitem(sys.modules, name, module)

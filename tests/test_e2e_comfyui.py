@@ -49,6 +49,7 @@ except ComfyUIUnavailable as reason:
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO.parent / "shared" / "fixtures"
 NODE = "DDColor-ddcolorize"
+VIDEO_NODE = "DDColor-colorize-video"
 PRESETS = {"ddcolor_person": ("einstein.png", 640), "ddcolor_building": ("ny_riverfront_1931.jpg", 1024)}
 VIDEO = "ddcolor_video"
 # Every UI preset (drag-and-drop, template browser) and the API twin it queues as.
@@ -144,6 +145,21 @@ def test_object_info_lists_the_node_with_its_widgets(comfy):
         assert declaration[1]["tooltip"]
 
 
+def test_object_info_lists_the_video_node_with_its_widgets(comfy):
+    info = comfy.get(f"/object_info/{VIDEO_NODE}")[VIDEO_NODE]
+    image_node = comfy.get(f"/object_info/{NODE}")[NODE]["input"]
+    assert info["display_name"] == "DDColor Colorize Video" and info["category"] == "image/color"
+    assert info["output"] == ["VIDEO"] and info["output_tooltips"][0] and info["description"]
+    assert info["input_order"] == {"required": ["video", "precision", "size", "model", "temporal", "crf"]}
+    required = info["input"]["required"]
+    assert required["video"][0] == "VIDEO"
+    for name in ("precision", "size", "model"):  # the same widgets as DDColor Colorize
+        assert required[name] == {**image_node["required"], **image_node["optional"]}[name]
+    assert required["temporal"][1]["default"] == 0.9 and required["crf"][1]["default"] == 18
+    for declaration in required.values():
+        assert declaration[1]["tooltip"]
+
+
 def test_models_folder_is_registered_first_and_keeps_the_users_folders(comfy):
     (ddcolor,) = [f for f in comfy.get("/experiment/models") if f["name"] == "ddcolor"]
     folders = [Path(f) for f in ddcolor["folders"]]
@@ -176,6 +192,7 @@ def test_locales_are_served(comfy):
     assert translations["zh"]["nodeDefs"][NODE]["display_name"] == "DDColor 上色"
     assert translations["zh"]["nodeCategories"]["color"] == "颜色"
     assert translations["zh"]["nodeDefs"][NODE]["inputs"]["temporal"]["name"] == "防闪烁"
+    assert translations["zh"]["nodeDefs"][VIDEO_NODE]["display_name"] == "DDColor 视频上色"
 
 
 def template_url(comfy, name: str, suffix: str) -> str:
@@ -462,17 +479,43 @@ def upload(comfy, path: Path) -> str:
         return json.loads(response.read())["name"]
 
 
+def video_prompt(file: str, size: int = 256) -> dict:
+    """The video preset reading ``file``, at a small size with the small checkpoint (CPU time)."""
+    prompt = api_preset(VIDEO)
+    prompt["1"]["inputs"]["file"] = file
+    node = video_node_id(prompt)
+    assert prompt[node]["inputs"]["temporal"] > 0  # the preset stabilizes
+    prompt[node]["inputs"].update(size=size, model="custom/my_ddcolor.pth")
+    return prompt
+
+
+def video_node_id(prompt: dict) -> str:
+    return next(i for i, n in prompt.items() if n["class_type"] == VIDEO_NODE)
+
+
+def node_progress(messages: list[dict], node: str) -> list[dict]:
+    return [m["data"] for m in messages if m["type"] == "progress" and m["data"].get("node") == node]
+
+
+def temp_videos(comfy) -> list[Path]:
+    return sorted((comfy.base / "temp").rglob("*.mp4*"))
+
+
+def color_tags(path: Path) -> tuple:
+    av = pytest.importorskip("av")
+    with av.open(str(path)) as container:
+        context = container.streams.video[0].codec_context
+        return context.color_primaries, context.color_trc, context.colorspace
+
+
 @pytest.mark.parametrize("rate,frames", [(Fraction(24), 18), (Fraction(30000, 1001), 15)], ids=["24fps", "29.97fps"])
 def test_video_preset_keeps_frames_rate_size_and_sound(comfy, tmp_path, rate, frames):
     source = tmp_path / f"clip_{float(rate):.2f}.mp4"
     make_clip(source, frames, rate, (160, 96))
     original = read_clip(source)
     assert len(original["frames"]) == frames and original["audio"]  # the test clip itself is right
-    prompt = api_preset(VIDEO)
-    prompt["1"]["inputs"]["file"] = upload(comfy, source)
-    node = ddcolor_id(prompt)
-    assert prompt[node]["inputs"]["temporal"] > 0  # the preset stabilizes
-    prompt[node]["inputs"].update(size=256, model="custom/my_ddcolor.pth")  # CPU time: the small checkpoint
+    prompt = video_prompt(upload(comfy, source))
+    node = video_node_id(prompt)
     client = uuid.uuid4().hex
     with comfy.messages(client) as messages:
         entry = comfy.wait(comfy.queue(prompt, client_id=client), timeout=600)
@@ -488,9 +531,81 @@ def test_video_preset_keeps_frames_rate_size_and_sound(comfy, tmp_path, rate, fr
     assert abs(sound["seconds"] - frames / float(rate)) < 0.1 and sound["rms"] > 0.1
     colors = result["frames"].astype(np.int16)
     assert (colors.max(-1) - colors.min(-1)).mean() > 3, "the saved video is still gray"
+    # Save Video copied the node's clip as it is: the same pictures, still tagged BT.709.
+    ours = [p for p in temp_videos(comfy) if not p.name.startswith(".")]
+    assert any(np.array_equal(read_clip(p)["frames"], result["frames"]) for p in ours)
+    assert color_tags(saved) == (1, 1, 1)
     # Progress on the node: frame by frame, to the whole clip.
-    progress = [m["data"] for m in messages if m["type"] == "progress" and m["data"].get("node") == node]
-    assert progress[-1]["value"] == progress[-1]["max"] == frames
+    progress = node_progress(messages, node)
+    assert [p["value"] for p in progress] == list(range(1, frames + 1)) and progress[-1]["max"] == frames
+
+
+def test_video_from_create_video_runs_through_the_video_node(comfy, tmp_path):
+    """A VIDEO built from frames, sound and rate in memory (Create Video) is streamed from its batch."""
+    source = tmp_path / "components.mp4"
+    make_clip(source, 10, Fraction(24), (160, 96))
+    prompt = video_prompt(upload(comfy, source))
+    node = video_node_id(prompt)
+    prompt["10"] = {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}}
+    prompt["11"] = {"class_type": "CreateVideo", "inputs": {"images": ["10", 0], "audio": ["10", 1], "fps": ["10", 2]}}
+    prompt[node]["inputs"]["video"] = ["11", 0]
+    entry = run(comfy, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (saved,) = comfy.output_files(entry)
+    result = read_clip(saved)
+    assert result["frames"].shape == (10, 96, 160, 3) and result["rate"] == 24
+    assert result["audio"]["codec"] == "aac" and abs(result["audio"]["seconds"] - 10 / 24) < 0.1
+
+
+def test_short_clip_through_the_image_node_keeps_frames_rate_and_sound(comfy, tmp_path):
+    """The IMAGE path for short clips: Get Video Components -> DDColor Colorize (temporal) -> Create Video."""
+    source = tmp_path / "image_path.mp4"
+    make_clip(source, 12, Fraction(24), (160, 96))
+    prompt = {
+        "1": {"class_type": "LoadVideo", "inputs": {"file": upload(comfy, source)}},
+        "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
+        "3": {"class_type": NODE, "inputs": {"image": ["2", 0], "precision": "fp16", "size": 256,
+                                             "model": "custom/my_ddcolor.pth", "temporal": 0.9}},
+        "4": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "audio": ["2", 1], "fps": ["2", 2]}},
+        "5": {"class_type": "SaveVideo", "inputs": {"video": ["4", 0], "filename_prefix": "ddcolor/image_path", "format": "mp4", "codec": "h264"}},
+    }
+    entry = run(comfy, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    result = read_clip(output_file(comfy, entry, "5"))
+    assert result["frames"].shape == (12, 96, 160, 3) and result["rate"] == 24
+    assert result["audio"]["codec"] == "aac" and abs(result["audio"]["seconds"] - 12 / 24) < 0.1
+    colors = result["frames"].astype(np.int16)
+    assert (colors.max(-1) - colors.min(-1)).mean() > 3, "the saved video is still gray"
+
+
+def test_cancel_mid_clip_leaves_no_file_and_the_server_serves_the_next_prompt(comfy, tmp_path):
+    source = tmp_path / "long.mp4"
+    make_clip(source, 120, Fraction(24), (160, 96))
+    prompt = video_prompt(upload(comfy, source))
+    node = video_node_id(prompt)
+    prompt[node]["inputs"]["crf"] = 20  # not a prompt ComfyUI has cached
+    outputs_before = sorted((comfy.base / "output").rglob("*"))
+    temp_before = temp_videos(comfy)
+    client = uuid.uuid4().hex
+    with comfy.messages(client) as messages:
+        prompt_id = comfy.queue(prompt, client_id=client)
+        deadline = time.monotonic() + 300
+        while not any(p["value"] >= 3 for p in node_progress(messages, node)):
+            assert time.monotonic() < deadline, "no progress from the node"
+            time.sleep(0.05)
+        comfy.post("/interrupt")
+        entry = comfy.wait(prompt_id)
+    assert status_message(entry, "execution_interrupted")["node_id"] == node
+    done = [p["value"] for p in node_progress(messages, node)]
+    assert done[-1] < 120, "the whole clip ran despite the Cancel"
+    assert temp_videos(comfy) == temp_before, "a partial video was left in temp/"
+    assert sorted((comfy.base / "output").rglob("*")) == outputs_before
+    # The server goes on: the next prompt (a short clip) runs to the end.
+    short = tmp_path / "short.mp4"
+    make_clip(short, 4, Fraction(24), (160, 96))
+    entry = run(comfy, video_prompt(upload(comfy, short)))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(read_clip(output_file(comfy, entry, "3"))["frames"]) == 4
 
 
 # ----------------------------------------------------------------------------- the frontend
@@ -629,12 +744,12 @@ def test_frontend_widgets_follow_the_contract_rules(comfy, browser):
                 const node = LiteGraph.createNode(t);
                 return [t, (node.widgets || []).map(w => w.name)];
             }))""",
-            ["LoadImage", "SaveImage", "PreviewImage", "ImageStitch", "Note", NODE,
+            ["LoadImage", "SaveImage", "PreviewImage", "ImageStitch", "Note", NODE, VIDEO_NODE,
              "LoadVideo", "GetVideoComponents", "CreateVideo", "SaveVideo"],
         )
     finally:
         page.close()
-    specs = {**core_specs(), NODE: spec_from_object_info(NODE, comfy.get(f"/object_info/{NODE}")[NODE])}
+    specs = {**core_specs(), **{name: spec_from_object_info(name, comfy.get(f"/object_info/{name}")[name]) for name in (NODE, VIDEO_NODE)}}
     for kind, widget_names in names.items():
         assert widget_names == [name for name, _ in specs[kind].widgets()], kind
 

@@ -24,6 +24,8 @@ colorize_module = sys.modules[f"{pack.__name__}.nodes.colorize"]
 engine = sys.modules[f"{pack.__name__}.ddcolor"]
 
 NODE = "DDColor-ddcolorize"
+VIDEO_NODE = "DDColor-colorize-video"
+NODES = {NODE: "DDColor Colorize", VIDEO_NODE: "DDColor Colorize Video"}
 PUBLISHED_NAMES = ["ddcolor_modelscope", "ddcolor_artistic", "ddcolor_paper", "ddcolor_paper_tiny"]
 
 
@@ -64,8 +66,8 @@ def test_pack_import_is_fast_and_has_no_side_effects(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout.splitlines()[-1])
-    assert facts["nodes"] == [NODE]
-    assert facts["display"] == {NODE: "DDColor Colorize"}
+    assert facts["nodes"] == list(NODES)
+    assert facts["display"] == NODES
     # Not ComfyUI's top-level `nodes`, no ComfyUI module, and no downloader until a download happens.
     assert facts["modules"] == []
     # What makes an import slow is importing heavy libraries (video, clusters,
@@ -304,33 +306,38 @@ def load_locale(lang: str, name: str = "nodeDefs.json") -> dict:
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
-def test_locale_covers_the_node(lang, node_class):
-    entry = load_locale(lang)[NODE]
+@pytest.mark.parametrize("name", NODES)
+def test_locale_covers_the_node(lang, name):
+    node_class = pack.NODE_CLASS_MAPPINGS[name]
+    entry = load_locale(lang)[name]
     assert entry["display_name"] and entry["description"]
     declared = {name for section in node_class.INPUT_TYPES().values() for name in section}
     assert set(entry["inputs"]) == declared
-    for name, texts in entry["inputs"].items():
-        assert texts["name"] and texts["tooltip"], f"{lang}: {name}"
+    for input_name, texts in entry["inputs"].items():
+        assert texts["name"] and texts["tooltip"], f"{lang}: {input_name}"
     assert set(entry["outputs"]) == {"0"} and entry["outputs"]["0"]["tooltip"]
 
 
-def test_english_locale_matches_the_node(node_class):
-    entry = load_locale("en")[NODE]
-    assert entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[NODE]
+@pytest.mark.parametrize("name", NODES)
+def test_english_locale_matches_the_node(name):
+    node_class = pack.NODE_CLASS_MAPPINGS[name]
+    entry = load_locale("en")[name]
+    assert entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[name]
     assert entry["description"] == node_class.DESCRIPTION
     for section in node_class.INPUT_TYPES().values():
-        for name, declaration in section.items():
-            assert entry["inputs"][name] == {"name": name, "tooltip": declaration[1]["tooltip"]}
-    assert entry["outputs"]["0"] == {"name": "image", "tooltip": node_class.OUTPUT_TOOLTIPS[0]}
+        for input_name, declaration in section.items():
+            assert entry["inputs"][input_name] == {"name": input_name, "tooltip": declaration[1]["tooltip"]}
+    assert entry["outputs"]["0"] == {"name": node_class.RETURN_NAMES[0], "tooltip": node_class.OUTPUT_TOOLTIPS[0]}
 
 
-def test_chinese_locale_is_translated():
-    en, zh = load_locale("en")[NODE], load_locale("zh")[NODE]
+@pytest.mark.parametrize("name", NODES)
+def test_chinese_locale_is_translated(name):
+    en, zh = load_locale("en")[name], load_locale("zh")[name]
     cjk = re.compile(r"[\u4e00-\u9fff]")
     for key in ("display_name", "description"):
         assert cjk.search(zh[key]) and zh[key] != en[key]
-    for name in en["inputs"]:
-        assert cjk.search(zh["inputs"][name]["tooltip"])
+    for input_name in en["inputs"]:
+        assert cjk.search(zh["inputs"][input_name]["tooltip"])
     # Numbers users act on survive translation.
     assert "460" in zh["inputs"]["size"]["tooltip"] and "1280" in zh["inputs"]["size"]["tooltip"]
     assert f"{colorize_module.RECOMMENDED_STRENGTH:g}" in zh["inputs"]["temporal"]["tooltip"]

@@ -1,4 +1,4 @@
-"""``python -m ddcolor colorize`` on video files and frame folders (ddcolor/cli/video.py).
+"""``python -m ddcolor colorize`` on video files and frame folders (ddcolor/cli/video.py, ddcolor/video.py).
 
 Clips are made here with PyAV: a few dozen frames of a moving gray scene, with
 and without a sine audio track, in the containers people have (MP4, MOV with
@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 import ddcolor
+import ddcolor.video as video_engine
 from ddcolor.cli import main
 
 av = pytest.importorskip("av")
@@ -172,7 +173,8 @@ def batch(tmp_path_factory, small_checkpoint):
         return real(model, images, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ddcolor, "colorize", recording)
+        patch.setattr(ddcolor, "colorize", recording)  # images
+        patch.setattr(video_engine, "colorize", recording)  # clips
         code = run("colorize", inputs, "-o", folder / "out", "--model", small_checkpoint, "--size", SIZE)
     return {"code": code, "inputs": inputs, "out": folder / "out", "calls": calls}
 
@@ -268,7 +270,7 @@ def test_temporal_zero_colorizes_each_frame_on_its_own(tmp_path, small_checkpoin
         calls.append(kwargs)
         return real(model, images, **kwargs)
 
-    monkeypatch.setattr(ddcolor, "colorize", recording)
+    monkeypatch.setattr(video_engine, "colorize", recording)
     assert run("colorize", clip, "-o", tmp_path / "off", "--model", small_checkpoint, "--size", SIZE, "--temporal", "0") == 0
     assert calls and all(kwargs.get("temporal", 0.0) == 0.0 and kwargs.get("state") is None for kwargs in calls)
     assert "not stabilized" in capsys.readouterr().out

@@ -29,6 +29,7 @@ from tests.workflow_check import (
 )
 
 NODE = "DDColor-ddcolorize"
+VIDEO_NODE = "DDColor-colorize-video"
 WORKFLOWS = REPO / "workflows"
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
@@ -146,26 +147,22 @@ def test_presets_differ_only_in_size_and_text(specs):
 # ----------------------------------------------------------------------------- the video preset
 
 
-def test_video_preset_chain_keeps_the_sources_rate_and_sound(specs):
+def test_video_preset_streams_the_clip_from_load_video_to_save_video(specs):
     prompt = ui_to_api(load(WORKFLOWS / f"{VIDEO}.json"), specs)
     by_type = {n["class_type"]: (node_id, n) for node_id, n in prompt.items()}
-    assert set(by_type) == {"LoadVideo", "GetVideoComponents", NODE, "CreateVideo", "SaveVideo"}
+    assert set(by_type) == {"LoadVideo", VIDEO_NODE, "SaveVideo"}
     load_id, _ = by_type["LoadVideo"]
-    parts_id, parts = by_type["GetVideoComponents"]
-    ddcolor_id, ddcolor = by_type[NODE]
-    assert parts["inputs"]["video"] == [load_id, 0]
-    assert ddcolor["inputs"]["image"] == [parts_id, 0]
-    # The colorized frames with the source's own audio (output 1) and frame rate (output 2).
-    assert by_type["CreateVideo"][1]["inputs"] == {"images": [ddcolor_id, 0], "audio": [parts_id, 1], "fps": [parts_id, 2]}
+    ddcolor_id, ddcolor = by_type[VIDEO_NODE]
+    assert ddcolor["inputs"]["video"] == [load_id, 0]
     save = by_type["SaveVideo"][1]["inputs"]
-    assert save["video"] == [by_type["CreateVideo"][0], 0]
+    assert save["video"] == [ddcolor_id, 0]
     assert save["format"] == "mp4" and save["codec"] == "h264" and save["filename_prefix"].startswith("ddcolor/")
 
 
 def test_video_preset_uses_the_recommended_strength(specs):
-    (ddcolor,) = nodes_of(load(WORKFLOWS / f"{VIDEO}.json"), NODE)
-    values = widget_values_by_name(specs[NODE], ddcolor["widgets_values"])
-    assert values == {"precision": "fp16", "size": 512, "model": "ddcolor_modelscope", "temporal": recommended_strength()}
+    (ddcolor,) = nodes_of(load(WORKFLOWS / f"{VIDEO}.json"), VIDEO_NODE)
+    values = widget_values_by_name(specs[VIDEO_NODE], ddcolor["widgets_values"])
+    assert values == {"precision": "fp16", "size": 512, "model": "ddcolor_modelscope", "temporal": recommended_strength(), "crf": 18}
 
 
 def test_video_preset_uses_core_nodes_only(specs):
@@ -174,16 +171,17 @@ def test_video_preset_uses_core_nodes_only(specs):
     assert types - set(pack.NODE_CLASS_MAPPINGS) <= set(core_specs())
 
 
-def test_video_note_is_honest_about_memory_and_points_to_the_cli():
+def test_video_note_says_memory_stays_flat_and_when_to_use_the_image_node():
     text = note_text(VIDEO)
-    assert f"temporal = {recommended_strength():g}" in text
-    assert "WHOLE clip into memory as one batch" in text
-    # The per-frame size it quotes: width x height x 3 channels x 4 bytes (float32).
-    assert "width x height x 3 x 4 bytes" in text
-    assert f"{1280 * 720 * 12 / 1e6:.0f} MB at 1280x720" in text and f"{1920 * 1080 * 12 / 1e6:.0f} MB at 1920x1080" in text
-    assert f"about {1440 * 1280 * 720 * 12 / 1e9:.0f} GB" in text  # one minute of 720p at 24 fps, one copy
+    assert f"temporal = {recommended_strength():g}" in text and "crf = 18" in text
+    assert "memory stays the same for a clip of seconds or a feature film" in text
+    assert "Cancel stops within one model call" in text and "leaves no file" in text
+    # The IMAGE path for working on frames, and its price: the whole clip in memory, twice.
+    assert f"DDColor Colorize (temporal {recommended_strength():g})" in text
+    assert "WHOLE clip in memory as one batch" in text and "width x height x 3 x 4 bytes" in text
+    assert f"{1280 * 720 * 12 / 1e6:.0f} MB at 1280x720" in text
     assert "python -m ddcolor colorize film.mp4 -o colored/" in text
-    for fact in ("size", "512", "multiple of 32", "fp16", "bf16", "fp32", "auto", "Cancel"):
+    for fact in ("size", "512", "multiple of 32", "fp16", "bf16", "fp32", "auto"):
         assert fact in text, fact
 
 
@@ -219,8 +217,9 @@ def test_chinese_notes_keep_the_numbers_users_act_on(chinese, english):
         assert "460-680" in text and "960-1280" in text and f"本预设：{PRESETS[english]}" in text
         assert "没有单独的人物或建筑模型" in text and "只是尺寸不同" in text
     else:
-        assert f"防闪烁（temporal）= {recommended_strength():g}" in text
-        assert "整段" in text and "11 MB" in text and "25 MB" in text and "16 GB" in text
+        assert f"防闪烁（temporal）= {recommended_strength():g}" in text and "画质（crf）= 18" in text
+        assert "内存占用都一样" in text and "不留下任何文件" in text
+        assert f"DDColor 上色（防闪烁 {recommended_strength():g}）" in text and "整段" in text and "11 MB" in text
         assert "python -m ddcolor colorize film.mp4 -o colored/" in text
 
 
@@ -236,7 +235,8 @@ def test_readme_lists_every_preset_with_the_video_strength():
         assert path.stem in text, path.stem
     strength = f"{recommended_strength():g}"
     assert f"| ddcolor_video | DDColor视频上色 | 512 | {strength} |" in text
-    assert f"DDColor Colorize (temporal {strength})" in text
+    assert f"DDColor Colorize Video (temporal {strength})" in text  # the preset's chain
+    assert f"DDColor Colorize (temporal {strength})" in text  # the IMAGE path, for short clips
 
 
 # ----------------------------------------------------------------------------- old workflows
@@ -342,7 +342,13 @@ def test_old_api_prompt_without_the_newer_inputs_is_valid(specs, dropped):
     assert check_api_prompt(prompt, specs) == []
 
 
-def test_checker_catches_a_video_preset_that_lost_its_sound(specs):
+def test_checker_catches_images_fed_to_the_video_node(specs):
     video = load(WORKFLOWS / "api" / f"{VIDEO}.json")
-    video["4"]["inputs"]["audio"] = ["2", 2]  # the fps output
-    assert any("audio takes AUDIO but node 2 output 2 is FLOAT" in p for p in check_api_prompt(video, specs))
+    video["1"] = {"class_type": "LoadImage", "inputs": {"image": "photo.png"}}
+    assert any("video takes VIDEO but node 1 output 0 is IMAGE" in p for p in check_api_prompt(video, specs))
+
+
+def test_checker_catches_a_crf_outside_x264s_scale(specs):
+    video = load(WORKFLOWS / "api" / f"{VIDEO}.json")
+    video["2"]["inputs"]["crf"] = 60
+    assert any("crf=60 is outside 0..51" in p for p in check_api_prompt(video, specs))

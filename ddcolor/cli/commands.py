@@ -139,6 +139,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
         raise UsageError(f"--quality {args.quality}: use 1 to 95 (Pillow's JPEG scale; above 95 only grows files)")
     if args.size is not None and args.size < 32:
         raise UsageError(f"--size {args.size}: use at least 32 (512 is the default; {', '.join(f'{v} for {k}' for k, v in PRESETS.items())})")
+    from .. import video as engine
     from . import video
 
     summary = Summary()
@@ -161,8 +162,8 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     clips = sum(video.is_clip(job) for job in jobs)
     if clips:
         try:
-            video.import_av()
-        except video.VideoError as e:
+            engine.import_av()
+        except engine.VideoError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_FAILED
 
@@ -252,7 +253,8 @@ def colorize_jobs(model, jobs: list[Job], *, size: int, quality: int, stop: Stop
 
 def add_video_options(p: argparse.ArgumentParser) -> None:
     from ..temporal import RECOMMENDED_STRENGTH
-    from .video import DEFAULT_CRF, DEFAULT_SEQUENCE_FPS
+    from ..video import DEFAULT_CRF
+    from .video import DEFAULT_SEQUENCE_FPS
 
     v = p.add_argument_group("video", "Video files (.mp4, .mov, .mkv, .avi, ...) become H.264 MP4 with their audio, frame rate and timing.")
     v.add_argument("--temporal", type=float, metavar="S", help=f"stabilize colors over time, 0-1 (default: {RECOMMENDED_STRENGTH:g}, the recommended strength; 0: each frame on its own)")

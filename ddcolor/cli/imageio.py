@@ -13,22 +13,22 @@ megapixels is refused, with a message saying how to allow it: set
 ``DDCOLOR_MAX_MEGAPIXELS`` to the largest size to accept.
 
 ``write_image`` never leaves a half-written file at the target path: it writes
-a hidden temporary file in the same folder and renames it over the target
-(``os.replace`` is atomic within one file system).
+through ``ddcolor.output.atomic_path`` (a hidden temporary file in the same
+folder, renamed over the target when complete).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..output import TEMP_SUFFIX, atomic_path, to_uint8
 
 # File name extensions of the formats we write, and what Pillow calls them.
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -36,13 +36,8 @@ WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 # Pillow's default (level 6) and ~4x faster (45 ms instead of 190 ms for a
 # 1000x700 colorized photo), which keeps encoding small next to the model.
 PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
-TEMP_SUFFIX = ".part"
 # Raises Pillow's decompression-bomb limit, in megapixels, for scans larger than its default.
 MAX_MEGAPIXELS_VARIABLE = "DDCOLOR_MAX_MEGAPIXELS"
-# mkstemp creates files readable by the owner only; outputs get the usual
-# permissions instead. Read once at import: os.umask can only be read by setting it.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class ImageReadError(ValueError):
@@ -135,11 +130,6 @@ def _high_bit_depth_gray(image: Image.Image) -> np.ndarray:
     return np.clip(array.astype(np.float32) / np.float32(scale), 0.0, 1.0)[..., None]
 
 
-def to_uint8(array: np.ndarray) -> np.ndarray:
-    """(H, W, C) float in [0, 1] -> uint8, rounding to nearest."""
-    return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def write_image(path: str | os.PathLike, array: np.ndarray, *, quality: int = 95) -> Path:
     """Write (H, W, 3 or 4) float [0, 1] (or uint8 from ``to_uint8``) to ``path`` (.png, .jpg or .jpeg) atomically.
 
@@ -172,30 +162,6 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     with atomic_path(path) as temp, open(temp, "wb") as f:
         write(f)
     return path
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A hidden temporary path beside ``path`` to write to (by name, as FFmpeg
-    does); renamed over ``path`` when the block completes, deleted when it fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(descriptor)
-    try:
-        yield Path(temp_name)
-        os.chmod(temp_name, 0o666 & ~_UMASK)  # os.chmod, not fchmod: Windows has it before Python 3.13
-        descriptor = os.open(temp_name, os.O_RDWR)  # Windows flushes only handles open for writing
-        try:
-            os.fsync(descriptor)  # the rename must not land before the data does
-        finally:
-            os.close(descriptor)
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def remove_temporaries(paths) -> int:

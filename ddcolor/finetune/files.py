@@ -39,7 +39,7 @@ class RunFiles:
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """``write(temporary path)`` beside ``path``, then renamed over it: never half a file."""
-    from ..cli.imageio import atomic_path  # the one implementation (fsync, permissions, cleanup)
+    from ..output import atomic_path  # the one implementation (fsync, permissions, cleanup)
 
     with atomic_path(Path(path)) as temporary:
         write(temporary)

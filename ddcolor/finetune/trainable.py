@@ -213,7 +213,7 @@ def save_checkpoint(model_or_state: nn.Module | dict[str, Tensor], path: str | o
     """Write a checkpoint: ``{'params': state}`` .pth, or a flat .safetensors when
     ``path`` ends so. Written under a temporary name in the same folder and renamed:
     ``path`` never holds a partial file. A model is exported with ``published_state_dict``."""
-    from ..cli.imageio import atomic_path
+    from ..output import atomic_path
 
     state = published_state_dict(model_or_state) if isinstance(model_or_state, nn.Module) else model_or_state
     path = Path(path)
