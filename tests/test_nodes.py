@@ -156,7 +156,7 @@ def test_size_tooltip_gives_the_preset_ranges(node_class):
 def test_model_and_temporal_are_optional_in_the_signature(node_class):
     # Prompts saved before these widgets existed send only precision and size (and model).
     signature = inspect.signature(getattr(node_class, node_class.FUNCTION))
-    assert list(signature.parameters) == ["self", "image", "precision", "size", "model", "temporal"]
+    assert list(signature.parameters) == ["image", "precision", "size", "model", "temporal"]
     assert signature.parameters["model"].default == "ddcolor_modelscope"
     assert signature.parameters["temporal"].default == 0.0
 
