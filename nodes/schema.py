@@ -134,8 +134,9 @@ def versioned_node(spec: NodeSpec, io) -> type:
             category=spec.category,
             description=spec.description,
             inputs=[_versioned_input(item, io) for item in spec.inputs()],
-            # display_name keeps the output names classic nodes show (RETURN_NAMES).
-            outputs=[_io_type(output.kind, io).Output(output.name, display_name=output.name, tooltip=output.tooltip)
+            # No output id: ids must differ from the inputs' ("image" in, "image" out); display_name
+            # is the name ComfyUI shows, as RETURN_NAMES is for a classic node.
+            outputs=[_io_type(output.kind, io).Output(display_name=output.name, tooltip=output.tooltip)
                      for output in spec.outputs],
             is_output_node=spec.output_node,
             is_input_list=spec.input_is_list,
