@@ -14,6 +14,7 @@ workflows and API prompts run unchanged on either.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -178,5 +179,18 @@ def _io_type(kind: str, io):
 def _versioned_input(item: Input, io):
     common = {"optional": item.optional, "tooltip": item.tooltip, **item.widget_options()}
     if item.kind == COMBO:
-        return io.Combo.Input(item.name, options=list(item.choices), **common)
+        return _listed_combo(io)(item.name, options=list(item.choices), **common)
     return _io_type(item.kind, io).Input(item.name, **common)
+
+
+@functools.cache
+def _listed_combo(io) -> type:
+    class ListedCombo(io.Combo.Input):
+        """A combo whose type is its list of choices, as a classic node's: ComfyUI 0.3.64 checks a
+        prompt's value against that list only (value_not_in_list, which API clients read); for the
+        type "COMBO" it lets any value through to the node."""
+
+        def get_io_type(self):
+            return list(self.options)
+
+    return ListedCombo

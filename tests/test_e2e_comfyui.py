@@ -172,11 +172,11 @@ def test_the_versioned_registration_describes_the_nodes_as_the_classic_one_does(
         served, local = spec_from_object_info(name, info), spec_from_node_class(name, classic)
 
         def described(spec):
-            # The versioned API adds multiselect: False to combos; the model list follows each
-            # side's models folder (none here), compared below.
+            # The versioned API repeats a combo's choices as options and adds multiselect: False;
+            # the model list follows each side's models folder (none here), compared below.
             return [
                 (i.name, i.type, i.optional,
-                 {k: v for k, v in i.options.items() if k != "multiselect" and (i.name, k) != ("model", "choices")})
+                 {k: v for k, v in i.options.items() if k not in ("multiselect", "options") and (i.name, k) != ("model", "choices")})
                 for i in spec.inputs
             ]
 
