@@ -5,22 +5,25 @@ inside is imported relatively (``.nodes``, ``.ddcolor``). Importing it builds
 no model, touches no network and installs nothing; the only effect is adding
 ``models/ddcolor`` to ComfyUI's model folders.
 
-The classic mappings below are what every ComfyUI release loads (a module that
-exports them has any V3 ``comfy_entrypoint`` ignored).
+Each node is declared once (``nodes/schema.py``). On a ComfyUI with the
+versioned node API the pack exports ``comfy_entrypoint`` only; elsewhere
+``NODE_CLASS_MAPPINGS`` only: ComfyUI's loader reads the mappings first and
+would ignore the entry point of a pack that exported both.
 """
 
 from .nodes import colorize, colorize_video
 from .nodes.models import register_models_folder
+from .nodes.schema import classic_mappings, versioned_api, versioned_entrypoint
+
+# Every node of the pack, in the order ComfyUI lists them: adding a node is one line here.
+NODES = [colorize.NODE, colorize_video.NODE]
 
 register_models_folder()
 
-NODE_CLASS_MAPPINGS = {
-    colorize.NODE_NAME: colorize.DDColorColorize,
-    colorize_video.NODE_NAME: colorize_video.DDColorColorizeVideo,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    colorize.NODE_NAME: colorize.DISPLAY_NAME,
-    colorize_video.NODE_NAME: colorize_video.DISPLAY_NAME,
-}
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+_API = versioned_api()
+if _API is not None:
+    comfy_entrypoint = versioned_entrypoint(NODES, _API)
+    __all__ = ["comfy_entrypoint"]
+else:
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = classic_mappings(NODES)
+    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,4 +1,6 @@
-"""The ``DDColor-ddcolorize`` node: a thin ComfyUI adapter over ``ddcolor.colorize``.
+"""The ``DDColor-ddcolorize`` node (DDColor Colorize): a thin ComfyUI adapter over ``ddcolor.colorize``.
+
+Declared once as ``NODE`` (see ``schema.py``), registered with either of ComfyUI's node APIs.
 
 ComfyUI modules (``comfy.*``, ``folder_paths``) are imported inside functions,
 so the pack imports, and its contract tests run, without a ComfyUI.
@@ -14,11 +16,9 @@ from ..ddcolor import PRECISIONS, PUBLISHED, activation_bytes, colorize, load_mo
 from ..ddcolor.precision import resolve_precision
 from ..ddcolor.temporal import RECOMMENDED_STRENGTH
 from .models import DEFAULT_MODEL, FOLDER_NAME, ModelCache, cache_key, locate_checkpoint, model_choices
+from .schema import COMBO, Input, NodeSpec, Output
 
 log = logging.getLogger("ddcolor")
-
-NODE_NAME = "DDColor-ddcolorize"
-DISPLAY_NAME = "DDColor Colorize"
 
 # The model (wrapped in a ComfyUI ModelPatcher) used by the last prompt.
 _LOADED = ModelCache()
@@ -71,79 +71,71 @@ def _checkpoint_files() -> list[str]:
     return folder_paths.get_filename_list(FOLDER_NAME)
 
 
-class DDColorColorize:
-    DESCRIPTION = DESCRIPTION
-    CATEGORY = "image/color"
-    FUNCTION = "colorize"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = (TOOLTIPS["output"],)
+def colorize_images(image, precision, size, model=DEFAULT_MODEL, temporal=0.0):
+    # model and temporal have defaults: prompts saved before those widgets existed leave them out.
+    import comfy.model_management as mm
+    import comfy.utils
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        widgets = model_widgets()
-        return {
-            "required": {
-                "image": ("IMAGE", {"tooltip": TOOLTIPS["image"]}),
-                "precision": widgets["precision"],
-                "size": widgets["size"],
-            },
-            # Optional, so prompts and workflows saved before this widget existed
-            # (only precision and size) still run, with the default model.
-            "optional": {
-                "model": widgets["model"],
-                # Optional and last, so prompts and workflows saved before it existed
-                # (with two or three widget values) load and run unchanged, without it.
-                "temporal": temporal_widget(0.0, TOOLTIPS["temporal"]),
-            },
-        }
+    patcher, working_size = prepare_model(model, precision, size)
+    bar = comfy.utils.ProgressBar(image.shape[0])
 
-    def colorize(self, image, precision, size, model=DEFAULT_MODEL, temporal=0.0):
-        import comfy.model_management as mm
-        import comfy.utils
+    def progress(done: int, total: int) -> None:
+        bar.update_absolute(done, total)
+        mm.throw_exception_if_processing_interrupted()
 
-        patcher, working_size = prepare_model(model, precision, size)
-        bar = comfy.utils.ProgressBar(image.shape[0])
+    def run():
+        # The whole batch is one call, so a clip's temporal state spans it; the
+        # engine writes into one output tensor and moves only a chunk at a time.
+        return colorize(patcher.model, image, size=working_size, progress=progress, temporal=temporal)
 
-        def progress(done: int, total: int) -> None:
-            bar.update_absolute(done, total)
-            mm.throw_exception_if_processing_interrupted()
-
-        def run():
-            # The whole batch is one call, so a clip's temporal state spans it; the
-            # engine writes into one output tensor and moves only a chunk at a time.
-            return colorize(patcher.model, image, size=working_size, progress=progress, temporal=temporal)
-
-        try:
-            colored = run()
-            retry = False
-        except MemoryError:
-            if mm.is_device_cpu(patcher.load_device):
-                raise
-            retry = True
-        # Retried outside the except block: the traceback held there keeps the failed
-        # attempt's output (as large as the whole batch) alive.
-        if retry:
-            log.warning("ddcolor: out of memory; unloading other models and retrying")
-            _unload_other_models(patcher)
-            colored = run()
-        # A no-op when the engine already wrote to the intermediate device (a CPU input):
-        # no second copy of a long clip.
-        return (colored.to(mm.intermediate_device()),)
+    try:
+        colored = run()
+        retry = False
+    except MemoryError:
+        if mm.is_device_cpu(patcher.load_device):
+            raise
+        retry = True
+    # Retried outside the except block: the traceback held there keeps the failed
+    # attempt's output (as large as the whole batch) alive.
+    if retry:
+        log.warning("ddcolor: out of memory; unloading other models and retrying")
+        _unload_other_models(patcher)
+        colored = run()
+    # A no-op when the engine already wrote to the intermediate device (a CPU input):
+    # no second copy of a long clip.
+    return (colored.to(mm.intermediate_device()),)
 
 
-def model_widgets() -> dict:
+def model_inputs(*, model_optional: bool = False) -> list[Input]:
     """precision, size and model: the widgets every DDColor node has, in this order."""
-    return {
-        "precision": (list(PRECISIONS), {"default": "fp16", "tooltip": TOOLTIPS["precision"]}),
+    return [
+        Input("precision", COMBO, TOOLTIPS["precision"], choices=PRECISIONS, default="fp16"),
         # No control_after_generate: it would add a hidden widget value.
-        "size": ("INT", {"default": 512, "min": 256, "max": 2048, "step": 32, "tooltip": TOOLTIPS["size"]}),
-        "model": (model_choices(_checkpoint_files()), {"default": DEFAULT_MODEL, "tooltip": TOOLTIPS["model"]}),
-    }
+        Input("size", "INT", TOOLTIPS["size"], default=512, min=256, max=2048, step=32),
+        Input("model", COMBO, TOOLTIPS["model"], choices=model_choices(_checkpoint_files()), default=DEFAULT_MODEL,
+              optional=model_optional),
+    ]
 
 
-def temporal_widget(default: float, tooltip: str) -> tuple:
-    return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": tooltip})
+def temporal_input(default: float, tooltip: str, *, optional: bool = False) -> Input:
+    return Input("temporal", "FLOAT", tooltip, default=default, min=0.0, max=1.0, step=0.05, optional=optional)
+
+
+NODE = NodeSpec(
+    node_id="DDColor-ddcolorize",
+    display_name="DDColor Colorize",
+    category="image/color",
+    description=DESCRIPTION,
+    inputs=lambda: [
+        Input("image", "IMAGE", TOOLTIPS["image"]),
+        # model and temporal are optional (and last), so prompts and workflows saved
+        # before they existed (two or three widget values) load and run unchanged.
+        *model_inputs(model_optional=True),
+        temporal_input(0.0, TOOLTIPS["temporal"], optional=True),
+    ],
+    outputs=[Output("image", "IMAGE", TOOLTIPS["output"])],
+    function=colorize_images,
+)
 
 
 def prepare_model(choice: str, precision: str, size: int):

@@ -18,12 +18,11 @@ from pathlib import Path
 
 from ..ddcolor.temporal import RECOMMENDED_STRENGTH
 from ..ddcolor.video import DEFAULT_CRF
-from .colorize import model_widgets, prepare_model, temporal_widget
+from .colorize import model_inputs, prepare_model, temporal_input
+from .schema import Input, NodeSpec, Output
 
 log = logging.getLogger("ddcolor")
 
-NODE_NAME = "DDColor-colorize-video"
-DISPLAY_NAME = "DDColor Colorize Video"
 TEMP_SUBFOLDER = "ddcolor"
 
 DESCRIPTION = (
@@ -55,55 +54,52 @@ VIDEO_TOOLTIPS = {
 }
 
 
-class DDColorColorizeVideo:
-    DESCRIPTION = DESCRIPTION
-    CATEGORY = "image/color"
-    FUNCTION = "colorize"
-    RETURN_TYPES = ("VIDEO",)
-    RETURN_NAMES = ("video",)
-    OUTPUT_TOOLTIPS = (VIDEO_TOOLTIPS["output"],)
+def colorize_clip(video, precision, size, model, temporal, crf):
+    import comfy.model_management as mm
+    import comfy.utils
+    import folder_paths
+    from comfy_api.input_impl import VideoFromFile
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "video": ("VIDEO", {"tooltip": VIDEO_TOOLTIPS["video"]}),
-                **model_widgets(),
-                "temporal": temporal_widget(RECOMMENDED_STRENGTH, VIDEO_TOOLTIPS["temporal"]),
-                "crf": ("INT", {"default": DEFAULT_CRF, "min": 0, "max": 51, "step": 1, "tooltip": VIDEO_TOOLTIPS["crf"]}),
-            },
-        }
+    from ..ddcolor.video import VideoError, colorize_video
 
-    def colorize(self, video, precision, size, model, temporal, crf):
-        import comfy.model_management as mm
-        import comfy.utils
-        import folder_paths
-        from comfy_api.input_impl import VideoFromFile
+    patcher, working_size = prepare_model(model, precision, size)
+    reader = clip_reader(video)
+    bar = None
 
-        from ..ddcolor.video import VideoError, colorize_video
+    def progress(done: int, total: int | None) -> None:
+        nonlocal bar
+        total = max(total or 0, done)  # an estimate from the file's header, which a file may exceed
+        if bar is None:
+            bar = comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+        mm.throw_exception_if_processing_interrupted()
 
-        patcher, working_size = prepare_model(model, precision, size)
-        reader = clip_reader(video)
-        bar = None
+    target = Path(folder_paths.get_temp_directory()) / TEMP_SUBFOLDER / f"video_{uuid.uuid4().hex}.mp4"
+    try:
+        result = colorize_video(patcher.model, reader, target, size=working_size, temporal=temporal, crf=crf, progress=progress)
+    except VideoError as e:
+        raise VideoError(f"DDColor Colorize Video could not colorize the input video: {e}. Nothing was written.") from None
+    log.info(
+        "ddcolor: colorized %d frames in %.1f s (%.2f frames/s, model %.1f s); %s",
+        result.frames, result.seconds, result.frames / result.seconds, result.model_seconds, "; ".join(result.notes),
+    )
+    return (VideoFromFile(str(target)),)
 
-        def progress(done: int, total: int | None) -> None:
-            nonlocal bar
-            total = max(total or 0, done)  # an estimate from the file's header, which a file may exceed
-            if bar is None:
-                bar = comfy.utils.ProgressBar(total)
-            bar.update_absolute(done, total)
-            mm.throw_exception_if_processing_interrupted()
 
-        target = Path(folder_paths.get_temp_directory()) / TEMP_SUBFOLDER / f"video_{uuid.uuid4().hex}.mp4"
-        try:
-            result = colorize_video(patcher.model, reader, target, size=working_size, temporal=temporal, crf=crf, progress=progress)
-        except VideoError as e:
-            raise VideoError(f"DDColor Colorize Video could not colorize the input video: {e}. Nothing was written.") from None
-        log.info(
-            "ddcolor: colorized %d frames in %.1f s (%.2f frames/s, model %.1f s); %s",
-            result.frames, result.seconds, result.frames / result.seconds, result.model_seconds, "; ".join(result.notes),
-        )
-        return (VideoFromFile(str(target)),)
+NODE = NodeSpec(
+    node_id="DDColor-colorize-video",
+    display_name="DDColor Colorize Video",
+    category="image/color",
+    description=DESCRIPTION,
+    inputs=lambda: [
+        Input("video", "VIDEO", VIDEO_TOOLTIPS["video"]),
+        *model_inputs(),
+        temporal_input(RECOMMENDED_STRENGTH, VIDEO_TOOLTIPS["temporal"]),
+        Input("crf", "INT", VIDEO_TOOLTIPS["crf"], default=DEFAULT_CRF, min=0, max=51, step=1),
+    ],
+    outputs=[Output("video", "VIDEO", VIDEO_TOOLTIPS["output"])],
+    function=colorize_clip,
+)
 
 
 def clip_reader(video):

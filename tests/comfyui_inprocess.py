@@ -47,9 +47,22 @@ def main() -> None:
 
     pack_dir = os.path.join(base, "custom_nodes", os.listdir(os.path.join(base, "custom_nodes"))[0])
     assert asyncio.run(nodes.load_custom_node(pack_dir)), "the pack did not load"
-    node = nodes.NODE_CLASS_MAPPINGS["DDColor-ddcolorize"]()
-    colorize_module = sys.modules[type(node).__module__]
-    facts = {}
+    from comfy_api.latest import io
+
+    node_class = nodes.NODE_CLASS_MAPPINGS["DDColor-ddcolorize"]
+    colorize_module = sys.modules[node_class.__module__]
+    pack = sys.modules[pack_dir.replace(".", "_x_")]  # the name ComfyUI's loader gives a pack folder
+    facts = {
+        # Registered through the versioned node API, and only through it.
+        "versioned": issubclass(node_class, io.ComfyNode),
+        "exports": sorted(name for name in ("comfy_entrypoint", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS") if hasattr(pack, name)),
+    }
+    types = node_class.INPUT_TYPES()
+    names = [*types["required"], *types.get("optional", {})]
+
+    def colorize(*values):
+        """The node run as ComfyUI's executor runs a versioned node: inputs by name, a NodeOutput back."""
+        return node_class.EXECUTE_NORMALIZED(**dict(zip(names, values))).result
 
     def ours():
         """Our model patchers in ComfyUI's list of loaded models."""
@@ -59,7 +72,7 @@ def main() -> None:
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: progress.append([value, total]))
     image = torch.rand(3, 90, 120, 3)
 
-    (out,) = node.colorize(image, "fp16", 256)
+    (out,) = colorize(image, "fp16", 256)
     patcher = colorize_module._LOADED._value
     facts["output_shape"] = list(out.shape)
     facts["progress"] = progress[:]
@@ -69,7 +82,7 @@ def main() -> None:
     # ComfyUI may unload it (another model needs the memory); the next run brings it back.
     mm.unload_all_models()
     facts["loaded_after_unload_all"] = len(ours())
-    node.colorize(image[:1], "fp16", 288)
+    colorize(image[:1], "fp16", 288)
     facts["same_patcher_after_reload"] = colorize_module._LOADED._value is patcher
     facts["loaded_after_reload"] = len(ours())
 
@@ -84,19 +97,19 @@ def main() -> None:
 
     # A clip with temporal stabilization: one progress step per frame, the whole clip in one call.
     progress.clear()
-    (out,) = node.colorize(torch.rand(6, 48, 64, 3), "fp16", 256, "ddcolor_modelscope", 0.6)
+    (out,) = colorize(torch.rand(6, 48, 64, 3), "fp16", 256, "ddcolor_modelscope", 0.6)
     facts["temporal_shape"] = list(out.shape)
     facts["temporal_progress"] = progress[:]
 
     # RGBA: alpha passes through.
     rgba = torch.rand(1, 40, 50, 4)
-    (out,) = node.colorize(rgba, "fp32", 256)
+    (out,) = colorize(rgba, "fp32", 256)
     facts["alpha_kept"] = bool(torch.equal(out[..., 3], rgba[..., 3]))
 
     # Another model replaces the old one: one DDColor in ComfyUI's list, the old one freed.
     old_model = weakref.ref(patcher.model)
     del patcher
-    node.colorize(image[:1], "fp16", 256, "other.pth")
+    colorize(image[:1], "fp16", 256, "other.pth")
     gc.collect()
     facts["loaded_after_switch"] = len(ours())
     facts["old_model_freed"] = old_model() is None
@@ -110,7 +123,7 @@ def main() -> None:
 
     comfy.utils.set_progress_bar_global_hook(interrupt_after_first)
     try:
-        node.colorize(torch.rand(4, 64, 64, 3), "fp16", 256, "other.pth")
+        colorize(torch.rand(4, 64, 64, 3), "fp16", 256, "other.pth")
         facts["interrupt"] = "not raised"
     except mm.InterruptProcessingException:
         facts["interrupt"] = "raised"

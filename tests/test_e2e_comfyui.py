@@ -39,7 +39,8 @@ from tests.comfyui_server import (
 )
 from ddcolor.precision import resolve_precision
 from tests.fake_hub import fake_hub
-from tests.workflow_check import CORE_NODES_FILE, core_specs, spec_from_object_info
+from tests.pack import load_pack
+from tests.workflow_check import CORE_NODES_FILE, core_specs, spec_from_node_class, spec_from_object_info
 
 try:
     comfyui_paths()
@@ -128,12 +129,13 @@ def test_object_info_lists_the_node_with_its_widgets(comfy):
     assert info["description"] and info["output"] == ["IMAGE"] and info["output_tooltips"][0]
     assert info["input_order"] == {"required": ["image", "precision", "size"], "optional": ["model", "temporal"]}
     required, optional = info["input"]["required"], info["input"]["optional"]
-    assert required["precision"][0] == ["fp16", "fp32", "bf16", "auto"] and required["precision"][1]["default"] == "fp16"
+    spec = spec_from_object_info(NODE, info)  # reads either way of listing a combo's choices
+    assert spec.input("precision").options["choices"] == ["fp16", "fp32", "bf16", "auto"] and required["precision"][1]["default"] == "fp16"
     assert {k: required["size"][1][k] for k in ("default", "min", "max", "step")} == {"default": 512, "min": 256, "max": 2048, "step": 32}
     assert "control_after_generate" not in required["size"][1]
     # models/ddcolor is registered: its files are listed after the published names,
     # the downloaded default only once, download leftovers in .cache never.
-    choices = optional["model"][0]
+    choices = spec.input("model").options["choices"]
     assert choices == [
         "ddcolor_modelscope", "ddcolor_artistic", "ddcolor_paper", "ddcolor_paper_tiny",
         "custom/my_ddcolor.pth", "extra_ddcolor.pth",
@@ -158,6 +160,32 @@ def test_object_info_lists_the_video_node_with_its_widgets(comfy):
     assert required["temporal"][1]["default"] == 0.9 and required["crf"][1]["default"] == 18
     for declaration in required.values():
         assert declaration[1]["tooltip"]
+
+
+def test_the_versioned_registration_describes_the_nodes_as_the_classic_one_does(comfy):
+    """The server holds the io.ComfyNode (this ComfyUI has the versioned API); this process, without a
+    ComfyUI, the classic class. Both are built from one declaration and must agree on what a workflow sees."""
+    pack = load_pack()
+    assert "comfy_entrypoint" not in vars(pack)
+    for name, classic in pack.NODE_CLASS_MAPPINGS.items():
+        info = comfy.get(f"/object_info/{name}")[name]
+        served, local = spec_from_object_info(name, info), spec_from_node_class(name, classic)
+
+        def described(spec):
+            # The versioned API repeats a combo's choices as options and adds multiselect: False;
+            # the model list follows each side's models folder (none here), compared below.
+            return [
+                (i.name, i.type, i.optional,
+                 {k: v for k, v in i.options.items() if k not in ("multiselect", "options") and (i.name, k) != ("model", "choices")})
+                for i in spec.inputs
+            ]
+
+        assert described(served) == described(local)
+        published = local.input("model").options["choices"]
+        assert served.input("model").options["choices"][: len(published)] == published
+        assert served.outputs == local.outputs and served.output_node == local.output_node
+        assert (info["display_name"], info["category"], info["description"]) == (pack.NODE_DISPLAY_NAME_MAPPINGS[name], classic.CATEGORY, classic.DESCRIPTION)
+        assert (info["output_name"], info["output_tooltips"]) == (list(classic.RETURN_NAMES), list(classic.OUTPUT_TOOLTIPS))
 
 
 def test_models_folder_is_registered_first_and_keeps_the_users_folders(comfy):
@@ -338,7 +366,7 @@ def test_missing_published_checkpoint_is_downloaded_with_progress_on_the_node(sm
         assert any(b["max"] == len(payload) for b in bars), bars  # the download, in bytes
         assert bars[-1]["value"] == bars[-1]["max"] == 1  # then the image
         # Listed by its published name only, and not downloaded again.
-        choices = server.get(f"/object_info/{NODE}")[NODE]["input"]["optional"]["model"][0]
+        choices = spec_from_object_info(NODE, server.get(f"/object_info/{NODE}")[NODE]).input("model").options["choices"]
         assert choices.count("ddcolor_paper_tiny") == 1 and "ddcolor_paper_tiny.pth" not in choices
         requests = len(hub.requests)
         assert run(server, small_prompt(288, model="ddcolor_paper_tiny"))["status"]["status_str"] == "success"
@@ -399,6 +427,7 @@ def test_node_inside_comfyui_memory_management_progress_and_interrupt(tmp_path, 
     lines = [l for l in result.stdout.splitlines() if l.startswith("FACTS ")]
     assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-3000:]
     facts = json.loads(lines[-1].removeprefix("FACTS "))
+    assert facts["versioned"] and facts["exports"] == ["comfy_entrypoint"]  # registered through comfy_api, only
     assert facts["output_shape"] == [3, 90, 120, 3]
     assert facts["progress"] == [[1, 3], [2, 3], [3, 3]]  # one step per chunk (one image per chunk on a CPU)
     assert facts["loaded_after_run"] == [True]  # our ModelPatcher is in ComfyUI's loaded models

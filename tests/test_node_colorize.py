@@ -26,7 +26,7 @@ engine = sys.modules[f"{pack.__name__}.ddcolor"]
 resolve_precision = sys.modules[f"{pack.__name__}.ddcolor.precision"].resolve_precision
 
 NODE = "DDColor-ddcolorize"
-NODE_RUN_CODE = pack.NODE_CLASS_MAPPINGS[NODE].colorize.__code__
+NODE_RUN_CODE = pack.NODE_CLASS_MAPPINGS[NODE].colorize_images.__code__
 FRAMES, HEIGHT, WIDTH, SIZE = 4, 40, 56, 64
 
 
@@ -82,7 +82,7 @@ def the_model(comfy):
 
 
 def test_a_batch_runs_in_chunks_with_progress_and_the_engines_result(comfy, node, frames, engine_calls):
-    (colored,) = node.colorize(frames, "fp32", SIZE)
+    (colored,) = node.colorize_images(frames, "fp32", SIZE)
     assert colored.shape == (FRAMES, HEIGHT, WIDTH, 3) and colored.dtype == torch.float32
     # One progress step per chunk (one frame per chunk on a CPU), on one bar for the batch.
     assert comfy.bars == [FRAMES]
@@ -97,14 +97,14 @@ def test_a_batch_runs_in_chunks_with_progress_and_the_engines_result(comfy, node
 
 def test_the_output_is_the_engines_tensor_not_a_copy(comfy, node, frames, engine_calls):
     """A clip is one IMAGE batch: the node must not hold a second full-size copy of it."""
-    (colored,) = node.colorize(frames, "fp32", SIZE)
+    (colored,) = node.colorize_images(frames, "fp32", SIZE)
     (call,) = engine_calls
     assert call["images"] is frames  # the whole batch in one call, not a copy or a split
     assert colored is call["result"]  # .to(intermediate_device()) was a no-op
 
 
 def test_an_off_grid_size_is_rounded(comfy, node, frames, engine_calls):
-    node.colorize(frames[:1], "fp32", 70)
+    node.colorize_images(frames[:1], "fp32", 70)
     assert engine_calls[0]["kwargs"]["size"] == 64
 
 
@@ -117,14 +117,14 @@ def test_cancel_stops_between_chunks(comfy, node, frames):
 
     comfy.on_progress = cancel_after_first_chunk
     with pytest.raises(fake_comfy.InterruptProcessingException):
-        node.colorize(frames, "fp32", SIZE)
+        node.colorize_images(frames, "fp32", SIZE)
     assert comfy.progress == [(1, FRAMES)]  # no chunk ran after the Cancel
 
 
 def test_cancel_before_the_run_loads_nothing(comfy, node, frames):
     comfy.interrupted = True
     with pytest.raises(fake_comfy.InterruptProcessingException):
-        node.colorize(frames, "fp32", SIZE)
+        node.colorize_images(frames, "fp32", SIZE)
     assert comfy.patchers == [] and comfy.calls == []
 
 
@@ -155,7 +155,7 @@ def fail_forward_once(model, images):
 
 
 def test_out_of_memory_on_a_gpu_unloads_other_models_and_retries(comfy, node, frames):
-    node.colorize(frames[:1], "fp32", SIZE)  # loads the model
+    node.colorize_images(frames[:1], "fp32", SIZE)  # loads the model
     model, patcher = the_model(comfy), comfy.patchers[0]
     expected = engine.colorize(model, frames, size=SIZE)
     comfy.device_is_cpu = False  # as on a GPU, where other models can be pushed out
@@ -172,7 +172,7 @@ def test_out_of_memory_on_a_gpu_unloads_other_models_and_retries(comfy, node, fr
 
     sys.modules["comfy.model_management"].free_memory = free_memory
     try:
-        (colored,) = node.colorize(frames, "fp32", SIZE)
+        (colored,) = node.colorize_images(frames, "fp32", SIZE)
     finally:
         handle.remove()
     names = comfy.names()
@@ -187,12 +187,12 @@ def test_out_of_memory_on_a_gpu_unloads_other_models_and_retries(comfy, node, fr
 
 
 def test_out_of_memory_on_a_cpu_is_reported_not_retried(comfy, node, frames):
-    node.colorize(frames[:1], "fp32", SIZE)
+    node.colorize_images(frames[:1], "fp32", SIZE)
     comfy.calls.clear()
     _, hook, handle = fail_forward_once(the_model(comfy), frames)
     try:
         with pytest.raises(MemoryError, match="lower size"):
-            node.colorize(frames, "fp32", SIZE)
+            node.colorize_images(frames, "fp32", SIZE)
     finally:
         handle.remove()
     assert comfy.names() == ["load_models_gpu"] and hook.calls == 1
@@ -202,18 +202,18 @@ def test_out_of_memory_on_a_cpu_is_reported_not_retried(comfy, node, frames):
 
 
 def test_temporal_reaches_the_engine_and_old_prompts_run_without_it(comfy, node, frames, engine_calls):
-    node.colorize(frames, "fp32", SIZE, "ddcolor_modelscope", 0.6)
-    node.colorize(frames, "fp32", SIZE, "ddcolor_modelscope")  # saved with three widget values
-    node.colorize(frames, "fp32", SIZE)  # saved with two
+    node.colorize_images(frames, "fp32", SIZE, "ddcolor_modelscope", 0.6)
+    node.colorize_images(frames, "fp32", SIZE, "ddcolor_modelscope")  # saved with three widget values
+    node.colorize_images(frames, "fp32", SIZE)  # saved with two
     assert [call["kwargs"]["temporal"] for call in engine_calls] == [0.6, 0.0, 0.0]
 
 
 def test_temporal_output_is_the_engines_for_the_whole_clip(comfy, node, frames):
-    (stabilized,) = node.colorize(frames, "fp32", SIZE, "ddcolor_modelscope", 0.6)
+    (stabilized,) = node.colorize_images(frames, "fp32", SIZE, "ddcolor_modelscope", 0.6)
     model = the_model(comfy)
     torch.testing.assert_close(stabilized, engine.colorize(model, frames, size=SIZE, temporal=0.6), rtol=0, atol=1e-5)
     # And 0 is the per-image result.
-    (plain,) = node.colorize(frames, "fp32", SIZE, "ddcolor_modelscope", 0.0)
+    (plain,) = node.colorize_images(frames, "fp32", SIZE, "ddcolor_modelscope", 0.0)
     torch.testing.assert_close(plain, engine.colorize(model, frames, size=SIZE), rtol=0, atol=1e-5)
 
 
@@ -222,34 +222,34 @@ def test_temporal_output_is_the_engines_for_the_whole_clip(comfy, node, frames):
 
 def test_the_model_is_reused_across_sizes_and_reloaded_for_another_file(comfy, node, frames):
     for size in (64, 96, 64):
-        node.colorize(frames[:1], "fp32", size)
+        node.colorize_images(frames[:1], "fp32", size)
     assert len(comfy.patchers) == 1
     # Every run hands the model to ComfyUI again, which reloads it if it was pushed out meanwhile.
     assert comfy.names() == ["load_models_gpu"] * 3
-    node.colorize(frames[:1], "fp32", SIZE, "other.pth")
+    node.colorize_images(frames[:1], "fp32", SIZE, "other.pth")
     assert len(comfy.patchers) == 2
     assert node_module._LOADED._value is comfy.patchers[1]  # one model kept, the new one
 
 
 def test_a_replaced_checkpoint_file_is_reloaded(comfy, node, frames):
-    node.colorize(frames[:1], "fp32", SIZE, "other.pth")
+    node.colorize_images(frames[:1], "fp32", SIZE, "other.pth")
     path = comfy.folder / "other.pth"
-    node.colorize(frames[:1], "fp32", SIZE, "other.pth")
+    node.colorize_images(frames[:1], "fp32", SIZE, "other.pth")
     assert len(comfy.patchers) == 1
     # The user copies a new file over it (same size here; a later modification time).
     stat = path.stat()
     path.write_bytes(path.read_bytes())
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    node.colorize(frames[:1], "fp32", SIZE, "other.pth")
+    node.colorize_images(frames[:1], "fp32", SIZE, "other.pth")
     assert len(comfy.patchers) == 2
 
 
 def test_a_precision_change_reloads_only_if_it_resolves_differently(comfy, node, frames):
-    node.colorize(frames[:1], "fp32", SIZE)
+    node.colorize_images(frames[:1], "fp32", SIZE)
     for precision in ("fp16", "auto", "bf16"):
         before = len(comfy.patchers)
         previous = node_module._LOADED._value.model.precision
-        node.colorize(frames[:1], precision, SIZE)
+        node.colorize_images(frames[:1], precision, SIZE)
         resolved = resolve_precision(precision, "cpu")
         assert node_module._LOADED._value.model.precision == resolved
         assert len(comfy.patchers) == before + (resolved != previous), precision

@@ -72,7 +72,7 @@ def engine_calls(monkeypatch):
 
 
 def run(node, video, temporal=0.9, crf=18):
-    (result,) = node.colorize(video, "fp32", SIZE, "ddcolor_modelscope", temporal, crf)
+    (result,) = node.colorize_clip(video, "fp32", SIZE, "ddcolor_modelscope", temporal, crf)
     return result
 
 

@@ -6,6 +6,7 @@ server) is in test_e2e_comfyui.py.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import re
@@ -14,6 +15,7 @@ import sys
 
 import pytest
 
+from tests import fake_comfy
 from tests.fake_hub import fake_hub, modelscope_files, refused_endpoint
 from tests.pack import REPO, load_pack
 from tests.workflow_check import spec_from_node_class
@@ -83,6 +85,25 @@ def test_mappings_point_at_the_node_class():
     assert pack.NODE_DISPLAY_NAME_MAPPINGS[NODE] == "DDColor Colorize"
     assert callable(getattr(cls(), cls.FUNCTION))
     assert "comfy_entrypoint" not in vars(pack)
+
+
+def test_a_comfyui_without_the_versioned_api_gets_only_the_classic_mappings(monkeypatch, tmp_path):
+    # The stand-in has comfy_api (its VIDEO classes) but no comfy_api.latest, as a ComfyUI before the versioned API.
+    fake_comfy.install(monkeypatch, tmp_path / "models" / "ddcolor")
+    name = "ddcolor_pack_on_an_older_comfyui"
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    older = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, older)
+    try:
+        spec.loader.exec_module(older)
+    finally:
+        for module in [m for m in sys.modules if m.startswith(name + ".")]:
+            del sys.modules[module]
+    assert "comfy_entrypoint" not in vars(older)
+    assert older.NODE_DISPLAY_NAME_MAPPINGS == NODES
+    # The same declarations as the pack imported without any ComfyUI.
+    for node_id, cls in older.NODE_CLASS_MAPPINGS.items():
+        assert cls.INPUT_TYPES() == pack.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()
 
 
 def test_register_models_folder_is_a_no_op_without_comfyui():
@@ -156,7 +177,7 @@ def test_size_tooltip_gives_the_preset_ranges(node_class):
 def test_model_and_temporal_are_optional_in_the_signature(node_class):
     # Prompts saved before these widgets existed send only precision and size (and model).
     signature = inspect.signature(getattr(node_class, node_class.FUNCTION))
-    assert list(signature.parameters) == ["self", "image", "precision", "size", "model", "temporal"]
+    assert list(signature.parameters) == ["image", "precision", "size", "model", "temporal"]
     assert signature.parameters["model"].default == "ddcolor_modelscope"
     assert signature.parameters["temporal"].default == 0.0
 
