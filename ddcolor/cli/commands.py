@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from .batch import (
-    DONE,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
