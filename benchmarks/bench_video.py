@@ -86,7 +86,7 @@ engine = sys.modules[pack.__name__ + ".ddcolor.video"]
 engine.colorize = timed(engine.colorize)
 node = pack.NODE_CLASS_MAPPINGS["DDColor-colorize-video"]()
 t = time.perf_counter()
-(video,) = node.colorize(fake_comfy.VideoFromFile(clip), "fp16", size, "ddcolor_modelscope", temporal, 18)
+(video,) = node.colorize_clip(fake_comfy.VideoFromFile(clip), "fp16", size, "ddcolor_modelscope", temporal, 18)
 report(0, time.perf_counter() - t)
 """
 

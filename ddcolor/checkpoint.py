@@ -36,6 +36,10 @@ log = logging.getLogger("ddcolor")
 # Keys that the published .pth files carry but the network never used; the
 # original code only got rid of them by loading with strict=False.
 IGNORED_KEYS = ("encoder.arch.head_cls.weight", "encoder.arch.head_cls.bias")
+# File name endings of checkpoints (what a models folder lists as usable).
+CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors")
+# The weights file of a Hugging Face model folder, in the order they are looked for.
+HF_FOLDER_FILES = ("model.safetensors", "pytorch_model.bin")
 HF_ENDPOINT = "https://huggingface.co"
 MODELSCOPE_ENDPOINT = "https://www.modelscope.cn"
 
@@ -82,6 +86,13 @@ PUBLISHED: dict[str, PublishedCheckpoint] = {
         ),
     )
 }
+# What the command line and the nodes load when no model is named: the authors' default for photos.
+DEFAULT_MODEL = "ddcolor_modelscope"
+
+
+def published_entry(name: str | os.PathLike) -> PublishedCheckpoint | None:
+    """The published checkpoint ``name`` names, with or without its ``.pth``; None for anything else."""
+    return PUBLISHED.get(str(name).removesuffix(".pth"))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -89,15 +100,7 @@ PUBLISHED: dict[str, PublishedCheckpoint] = {
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read the raw tensors of a checkpoint file or Hugging Face model folder."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            if (path / name).is_file():
-                return read_state_dict(path / name)
-        raise CheckpointError(
-            f"{path} is a folder but holds neither model.safetensors nor pytorch_model.bin; "
-            "point to a checkpoint file or a Hugging Face model folder"
-        )
+    path = weights_file(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
@@ -105,6 +108,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     return _read_torch(path)
+
+
+def weights_file(path: str | os.PathLike) -> Path:
+    """The file a checkpoint path is read from: itself, or a Hugging Face model folder's weights file."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in HF_FOLDER_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise CheckpointError(
+        f"{path} is a folder but holds neither {' nor '.join(HF_FOLDER_FILES)}; "
+        "point to a checkpoint file or a Hugging Face model folder"
+    )
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -259,13 +276,18 @@ def resolve_source(source: str | os.PathLike, models_dir: str | os.PathLike | No
     path = Path(source)
     if path.exists():
         return path
-    name = str(source).removesuffix(".pth")
-    if name in PUBLISHED:
-        return download(name, models_dir or default_models_dir())
+    entry = published_entry(source)
+    if entry is not None:
+        return download(entry.name, models_dir or default_models_dir())
     raise CheckpointError(
         f"{source} is neither an existing checkpoint file or folder nor a published model "
         f"({', '.join(PUBLISHED)})"
     )
+
+
+def find_checkpoint(source: str | os.PathLike, models_dir: str | os.PathLike | None = None) -> Path:
+    """The weights file behind ``source`` (a file, a Hugging Face folder, or a published name, downloaded if missing)."""
+    return weights_file(resolve_source(source, models_dir))
 
 
 class DownloadError(RuntimeError):

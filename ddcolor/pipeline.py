@@ -203,9 +203,10 @@ def _as_dtype(values: Tensor, dtype: torch.dtype) -> Tensor:
     return values.mul(255).add_(0.5).to(dtype) if dtype == torch.uint8 else values
 
 
-def activation_bytes(model: DDColor, size: int) -> int:
-    """Working memory one image needs at ``size`` (an upper estimate), beyond the weights."""
-    element = model.decoder.last_shuf.conv[0].weight.element_size()
+def activation_bytes(model: DDColor | None, size: int, *, element_size: int | None = None) -> int:
+    """Working memory one image needs at ``size`` (an upper estimate), beyond the weights: for ``model``
+    in its precision, or, with no model at hand, for weights of ``element_size`` bytes (4: fp32)."""
+    element = element_size or model.decoder.last_shuf.conv[0].weight.element_size()
     return ACTIVATION_BYTES_PER_PIXEL_PER_BYTE * element * size * size + ACTIVATION_FIXED_BYTES
 
 

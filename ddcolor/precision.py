@@ -19,7 +19,7 @@ import logging
 import re
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -51,28 +51,33 @@ MIXED_SPLITS = {"avx512": ((2, 3), (2, 3)), "amx": ((3,), (2, 3))}
 SUBSTITUTES = {"fp16": ("mixed", "fp32"), "bf16": ("fp16", "fp32"), "mixed": ("fp16", "fp32"), "fp32": ("fp32",)}
 
 
-def resolve_precision(precision: str, device: torch.device | str, *, strict: bool = False) -> str:
+class Resolved(NamedTuple):
+    """What ``resolve_precision`` decided: the precision that runs, and why it is not
+    the one asked for (None when it is, or when ``auto`` picked it)."""
+
+    precision: str
+    reason: str | None = None
+
+
+def resolve_precision(precision: str, device: torch.device | str, *, strict: bool = False) -> Resolved:
     """Map a requested precision to the one that will run on ``device``.
 
     ``auto`` picks fp16 on CUDA and MPS; on a CPU, ``mixed`` where the CPU has
     native bf16 units (AMX or AVX-512 bf16), else fp32. A precision that would
     be slow or unsupported on ``device`` runs the closest fast one instead
-    (``SUBSTITUTES``) and logs one line; ``strict=True`` runs exactly what was
-    asked, however slow.
+    (``SUBSTITUTES``), with the reason a caller logs; ``strict=True`` runs
+    exactly what was asked, however slow.
     """
     if precision not in PRECISIONS + ("mixed",):
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     device = torch.device(device)
     fast = fast_precisions(device.type)
     if precision == "auto":
-        return fast[0]
+        return Resolved(fast[0])
     if strict or precision in fast:
-        return precision
+        return Resolved(precision)
     chosen = next(p for p in SUBSTITUTES[precision] if p in fast or p == "fp32")
-    log.warning(
-        "ddcolor: %s is slow or unsupported on %s; running %s instead", precision, device.type, DESCRIPTIONS[chosen]
-    )
-    return chosen
+    return Resolved(chosen, f"{precision} is slow or unsupported on {device.type}; running {DESCRIPTIONS[chosen]} instead")
 
 
 def fast_precisions(device_type: str) -> tuple[str, ...]:

@@ -8,14 +8,21 @@ so the pack imports, and its contract tests run, without a ComfyUI.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 
-from ..ddcolor import PRECISIONS, PUBLISHED, activation_bytes, colorize, load_model, snap_size
-from ..ddcolor.precision import resolve_precision
-from ..ddcolor.temporal import RECOMMENDED_STRENGTH
-from .models import DEFAULT_MODEL, FOLDER_NAME, ModelCache, cache_key, locate_checkpoint, model_choices
+from ..ddcolor import (
+    DEFAULT_MODEL,
+    PRECISIONS,
+    PUBLISHED,
+    RECOMMENDED_STRENGTH,
+    activation_bytes,
+    colorize,
+    load_model,
+    resolve_precision,
+    snap_size,
+)
+from .models import FOLDER_NAME, ModelCache, cache_key, locate_checkpoint, model_choices
 from .schema import COMBO, Input, NodeSpec, Output
 
 log = logging.getLogger("ddcolor")
@@ -163,10 +170,12 @@ def _load(choice: str, precision: str):
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
     # Resolve for the device the model runs on, not the one it is built on.
-    resolved = _resolve_precision(precision, load_device)
+    resolved, reason = resolve_precision(precision, load_device)
     path = locate_checkpoint(choice, folder_paths.get_folder_paths(FOLDER_NAME), _download_progress())
 
     def build():
+        if reason:  # said once per load, not on every prompt that reuses the model
+            log.warning("ddcolor: %s", reason)
         start = time.perf_counter()
         model = load_model(path, device=offload_device, precision=resolved, strict_precision=True)
         log.info(
@@ -185,12 +194,6 @@ def _unload_other_models(patcher) -> None:
     # keep_loaded compares LoadedModel entries, not patchers.
     mm.free_memory(float("inf"), patcher.load_device, keep_loaded=[mm.LoadedModel(patcher)])
     mm.soft_empty_cache()
-
-
-@functools.lru_cache(maxsize=None)
-def _resolve_precision(precision: str, device) -> str:
-    # Cached so that a fallback (fp16 on a CPU) is logged once, not on every prompt.
-    return resolve_precision(precision, device)
 
 
 def _download_progress():

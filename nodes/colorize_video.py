@@ -16,7 +16,7 @@ import logging
 import uuid
 from pathlib import Path
 
-from ..ddcolor.temporal import RECOMMENDED_STRENGTH
+from ..ddcolor import RECOMMENDED_STRENGTH
 from ..ddcolor.video import DEFAULT_CRF
 from .colorize import model_inputs, prepare_model, temporal_input
 from .schema import Input, NodeSpec, Output

@@ -11,14 +11,12 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Callable, Hashable, Iterable, Sequence
 
-from ..ddcolor import PUBLISHED, download
+from ..ddcolor import CHECKPOINT_EXTENSIONS, PUBLISHED, download, published_entry
 
 log = logging.getLogger("ddcolor")
 
 # ComfyUI folder name: models/ddcolor, plus any `ddcolor:` entry of extra_model_paths.yaml.
 FOLDER_NAME = "ddcolor"
-DEFAULT_MODEL = "ddcolor_modelscope"
-CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors")
 
 
 def register_models_folder() -> str | None:
@@ -74,14 +72,14 @@ def locate_checkpoint(
     relative = PurePosixPath(choice.replace("\\", "/"))
     if relative.is_absolute() or ".." in relative.parts:
         raise FileNotFoundError(f"model {choice!r}: give a file name inside the {FOLDER_NAME} model folder")
-    name = choice.removesuffix(".pth")
-    filename = PUBLISHED[name].filename if name in PUBLISHED else str(relative)
+    entry = published_entry(choice)
+    filename = entry.filename if entry else str(relative)
     for folder in folders:
         if (folder / filename).is_file():
             return folder / filename
-    if name in PUBLISHED:
-        log.info("ddcolor: %s is not in %s; downloading %s", filename, folders[0], PUBLISHED[name].url())
-        return download(name, folders[0], progress=download_progress)
+    if entry:
+        log.info("ddcolor: %s is not in %s; downloading %s", filename, folders[0], entry.url())
+        return download(entry.name, folders[0], progress=download_progress)
     raise FileNotFoundError(
         f"model {choice!r} is not in {', '.join(map(str, folders))}. Put the checkpoint there and refresh "
         f"the node list (press R), or choose a published model: {', '.join(PUBLISHED)}"

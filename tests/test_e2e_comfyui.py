@@ -283,9 +283,9 @@ def test_size_change_reuses_the_model_and_model_change_reloads(comfy):
     # A precision that resolves to the same one on the server's device (a CPU: --cpu) is the same
     # model; one that resolves differently is another. What each resolves to depends on the CPU.
     for precision in ("auto", "fp32", "bf16", "fp16"):
-        before, previous = loads_in_log(comfy), resolve_precision(current_precision, "cpu")
+        before, previous = loads_in_log(comfy), resolve_precision(current_precision, "cpu").precision
         assert run(comfy, small_prompt(256, precision=precision))["status"]["status_str"] == "success"
-        assert loads_in_log(comfy) == before + (resolve_precision(precision, "cpu") != previous), precision
+        assert loads_in_log(comfy) == before + (resolve_precision(precision, "cpu").precision != previous), precision
         current_precision = precision
     loads = loads_in_log(comfy)
     assert run(comfy, small_prompt(256, model="custom/my_ddcolor.pth"))["status"]["status_str"] == "success"
@@ -439,7 +439,7 @@ def test_node_inside_comfyui_memory_management_progress_and_interrupt(tmp_path, 
     assert facts["interrupt"] == "raised" and facts["progress_before_interrupt"] == [[1, 4]]
     assert facts["leak_warnings"] == []
     # fp16 that runs as another precision on this CPU is said once, not per prompt.
-    assert facts["precision_notes"] == int(resolve_precision("fp16", "cpu") != "fp16")
+    assert facts["precision_notes"] == int(resolve_precision("fp16", "cpu").precision != "fp16")
     assert facts["temporal_shape"] == [6, 48, 64, 3] and facts["temporal_progress"][-1] == [6, 6]
 
 

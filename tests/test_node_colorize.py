@@ -250,6 +250,6 @@ def test_a_precision_change_reloads_only_if_it_resolves_differently(comfy, node,
         before = len(comfy.patchers)
         previous = node_module._LOADED._value.model.precision
         node.colorize_images(frames[:1], precision, SIZE)
-        resolved = resolve_precision(precision, "cpu")
+        resolved = resolve_precision(precision, "cpu").precision
         assert node_module._LOADED._value.model.precision == resolved
         assert len(comfy.patchers) == before + (resolved != previous), precision

@@ -44,46 +44,46 @@ FP16_MEAN, FP16_MAX_ERROR, COLORFULNESS = 0.5, 3.0, 0.01
 
 def test_auto_and_explicit_precisions_on_a_cpu(monkeypatch, caplog):
     monkeypatch.setattr(precision, "cpu_bf16_units", lambda: None)
-    assert resolve_precision("auto", "cpu") == "fp32"
-    assert resolve_precision("fp32", "cpu") == "fp32"
+    with caplog.at_level(logging.DEBUG, logger="ddcolor"):
+        assert resolve_precision("auto", "cpu") == ("fp32", None)
+        assert resolve_precision("fp32", "cpu") == ("fp32", None)
+        assert resolve_precision("fp16", "cpu") == ("fp32", "fp16 is slow or unsupported on cpu; running fp32 instead")
+        assert resolve_precision("bf16", "cpu") == ("fp32", "bf16 is slow or unsupported on cpu; running fp32 instead")
+        assert resolve_precision("fp16", "cpu", strict=True) == ("fp16", None)
+    assert not caplog.records  # the decision only: its callers log
+
+
+def test_a_substitution_is_logged_once_by_load_model(monkeypatch, caplog, tiny_checkpoint):
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: None)
     with caplog.at_level(logging.WARNING, logger="ddcolor"):
-        assert resolve_precision("fp16", "cpu") == "fp32"
-        assert resolve_precision("bf16", "cpu") == "fp32"
-    assert [r.message for r in caplog.records] == [
-        "ddcolor: fp16 is slow or unsupported on cpu; running fp32 instead",
-        "ddcolor: bf16 is slow or unsupported on cpu; running fp32 instead",
-    ]
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="ddcolor"):
-        assert resolve_precision("fp16", "cpu", strict=True) == "fp16"
-    assert not caplog.records
+        model = ddcolor.load_model(tiny_checkpoint, precision="bf16")
+    assert model.precision == "fp32"
+    assert [r.message for r in caplog.records] == ["ddcolor: bf16 is slow or unsupported on cpu; running fp32 instead"]
 
 
 @pytest.mark.parametrize("units", ["amx", "avx512"])
 def test_cpus_with_native_bf16_run_mixed_for_auto_and_fp16(monkeypatch, caplog, units):
     monkeypatch.setattr(precision, "cpu_bf16_units", lambda: units)
-    assert resolve_precision("auto", "cpu") == "mixed"
-    assert resolve_precision("bf16", "cpu") == "bf16"
-    assert resolve_precision("fp32", "cpu") == "fp32"
-    assert resolve_precision("mixed", "cpu") == "mixed"
-    with caplog.at_level(logging.WARNING, logger="ddcolor"):
-        # Never bf16 for fp16: bf16 misses fp16's accuracy bounds, mixed meets them.
-        assert resolve_precision("fp16", "cpu") == "mixed"
-    assert caplog.records[0].message == (
-        "ddcolor: fp16 is slow or unsupported on cpu; running mixed "
-        "(bf16 in MLP layers of the encoder's last two stages, fp32 elsewhere) instead"
+    assert resolve_precision("auto", "cpu") == ("mixed", None)
+    assert resolve_precision("bf16", "cpu") == ("bf16", None)
+    assert resolve_precision("fp32", "cpu") == ("fp32", None)
+    assert resolve_precision("mixed", "cpu") == ("mixed", None)
+    # Never bf16 for fp16: bf16 misses fp16's accuracy bounds, mixed meets them.
+    assert resolve_precision("fp16", "cpu") == (
+        "mixed",
+        "fp16 is slow or unsupported on cpu; running mixed "
+        "(bf16 in MLP layers of the encoder's last two stages, fp32 elsewhere) instead",
     )
-    assert resolve_precision("fp16", "cpu", strict=True) == "fp16"
+    assert resolve_precision("fp16", "cpu", strict=True) == ("fp16", None)
 
 
 def test_precisions_on_cuda_devices(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert resolve_precision("auto", "cuda") == "fp16"
-    with caplog.at_level(logging.WARNING, logger="ddcolor"):
-        assert resolve_precision("bf16", "cuda") == "fp16"
-    assert "running fp16 instead" in caplog.text
+    assert resolve_precision("auto", "cuda") == ("fp16", None)
+    chosen, reason = resolve_precision("bf16", "cuda")
+    assert chosen == "fp16" and reason.endswith("running fp16 instead")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert resolve_precision("bf16", "cuda") == "bf16"
+    assert resolve_precision("bf16", "cuda") == ("bf16", None)
 
 
 def test_unknown_precision_names_the_choices():

@@ -1,9 +1,12 @@
 """The command-line application around the library: ``python -m ddcolor``.
 
-Everything here uses the library's public interface (``ddcolor.load_model``,
-``ddcolor.colorize``); nothing in the library imports it.
+Everything here uses only the library's public face (``ddcolor.__all__`` and
+the modules in ``ddcolor.PUBLIC_MODULES``); nothing in the library imports it
+(tests/test_imports.py checks both).
 
 * ``commands``: argument parsing and the commands (colorize, download, info, queue);
+* ``image_step``: the per-image step (read, colorize, write), the same for the local and the Ray run;
+* ``models``: the device, and a published checkpoint fetched with a progress bar;
 * ``batch``: inputs, output names, Ctrl-C, progress and the summary shared by batch commands;
 * ``imageio``: image files in and out, written atomically;
 * ``video``: video files and frame folders as jobs (the engine is ``ddcolor.video``, shared with the node);

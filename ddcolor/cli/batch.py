@@ -288,18 +288,23 @@ def logging_through(write):
 # ----------------------------------------------------------------------------- progress
 
 
+def terminal_bar(stream: TextIO, **options):
+    """A tqdm bar on ``stream`` when it is a terminal, else None: logs and CI get plain lines instead."""
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(file=stream, dynamic_ncols=True, **options)
+
+
 class Progress:
     """A tqdm bar on a terminal; one line per image otherwise (logs, CI), each with its time."""
 
     def __init__(self, total: int, *, unit: str = "img", stream: TextIO | None = None, done: int = 0):
-        from tqdm import tqdm
-
         self._stream = stream or sys.stderr
         self._total = total
         self._count = done
-        interactive = hasattr(self._stream, "isatty") and self._stream.isatty()
-        self._bar = tqdm(total=total, initial=done, unit=unit, file=self._stream, dynamic_ncols=True) if interactive else None
-        self._tqdm = tqdm
+        self._bar = terminal_bar(self._stream, total=total, initial=done, unit=unit)
 
     def finished(self, outcome: Outcome) -> None:
         name = relative_name(outcome.job.source)
@@ -319,7 +324,7 @@ class Progress:
 
     def write(self, message: str) -> None:
         if self._bar is not None:
-            self._tqdm.write(message, file=self._stream)
+            self._bar.write(message, file=self._stream)
         else:
             print(message, file=self._stream, flush=True)
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from .batch import (
-    DONE,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -39,7 +38,6 @@ from .batch import (
 
 PRESETS = {"person": 640, "building": 1024}
 DEFAULT_SIZE = 512
-DEFAULT_MODEL = "ddcolor_modelscope"
 FORMATS = {"png": ".png", "jpg": ".jpg"}
 
 
@@ -65,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..checkpoint import PUBLISHED, SOURCES
-    from ..precision import PRECISIONS
+    from .. import DEFAULT_MODEL, PRECISIONS, PUBLISHED, SOURCES
 
     parser = argparse.ArgumentParser(
         prog="python -m ddcolor",
@@ -155,6 +152,8 @@ def cmd_colorize(args: argparse.Namespace) -> int:
         return colorize_on_ray(args, jobs, decided, summary, size=size, clip=clip_options)
     if args.workers is not None:
         raise UsageError("--workers applies to --ray runs; a local run has one model")
+    from .models import resolve_device
+
     device = resolve_device(args.device)
     if not jobs:
         summary.report()
@@ -169,9 +168,9 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 
     import ddcolor
 
-    from ..checkpoint import default_models_dir
+    from .models import fetch_if_published
 
-    models_dir = args.models_dir or default_models_dir()
+    models_dir = args.models_dir or ddcolor.default_models_dir()
     try:
         fetch_if_published(args.model, models_dir, args.source)
     except ddcolor.DownloadError as e:
@@ -203,16 +202,15 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 def colorize_jobs(model, jobs: list[Job], *, size: int, quality: int, stop: StopRequest, summary: Summary, progress: Progress, clip_options=None) -> None:
     """Colorize ``jobs`` in order until done or asked to stop.
 
-    Each output is encoded and written by a background thread while the model
-    works on the next image. On this 2-core CPU that measured the same wall
-    time as writing in line (17.0-17.8 s against 16.9-17.6 s for 20 photos at
-    512, benchmarks/bench_cli.py), with the model busy 97% of it instead of
-    89%; on a GPU it stops the GPU from waiting for PNG encoding.
+    Each image goes through ``image_step`` (read, colorize, write); its write
+    runs in a background thread while the model works on the next image, so a
+    GPU does not wait for PNG encoding (benchmarks/bench_cli.py measures both ways).
 
     Videos and frame folders (``clip_options`` given) are streamed by video.colorize_clip.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    from . import image_step
     from .video import colorize_clip, is_clip
 
     pending: Future | None = None  # the previous image's write
@@ -238,12 +236,17 @@ def colorize_jobs(model, jobs: list[Job], *, size: int, quality: int, stop: Stop
                     settle()
                     record(colorize_clip(model, job, size=size, options=clip_options, stop=stop, summary=summary, write=progress.write))
                     continue
-                colored = colorize_image(model, job, size=size, summary=summary, began=began)
+                try:
+                    pixels = image_step.read(job.source)
+                    model_began = time.perf_counter()
+                    colored = image_step.colorize(model, pixels, size=size)
+                    summary.model_seconds += time.perf_counter() - model_began
+                except image_step.StepFailed as e:
+                    settle()
+                    record(Outcome(job, FAILED, str(e), time.perf_counter() - began))
+                    continue
                 settle()
-                if isinstance(colored, Outcome):
-                    record(colored)
-                else:
-                    pending = writer.submit(write_output, job, colored, quality=quality, began=began)
+                pending = writer.submit(image_step.write, job, colored, quality=quality, began=began)
             settle()
         except KeyboardInterrupt:  # a second Ctrl-C: the write under way still completes (atomically)
             summary.aborted = True
@@ -252,7 +255,7 @@ def colorize_jobs(model, jobs: list[Job], *, size: int, quality: int, stop: Stop
 
 
 def add_video_options(p: argparse.ArgumentParser) -> None:
-    from ..temporal import RECOMMENDED_STRENGTH
+    from .. import RECOMMENDED_STRENGTH
     from ..video import DEFAULT_CRF
     from .video import DEFAULT_SEQUENCE_FPS
 
@@ -264,7 +267,7 @@ def add_video_options(p: argparse.ArgumentParser) -> None:
 
 
 def video_options(args: argparse.Namespace):
-    from ..temporal import RECOMMENDED_STRENGTH
+    from .. import RECOMMENDED_STRENGTH
     from .video import ClipOptions, parse_fps
 
     temporal = RECOMMENDED_STRENGTH if args.temporal is None else args.temporal
@@ -296,79 +299,10 @@ def describe_jobs(images: int, clips: int, options, args: argparse.Namespace) ->
     return ", ".join(parts)
 
 
-def colorize_image(model, job: Job, *, size: int, summary: Summary, began: float):
-    """The colorized image as an 8-bit array, or a failed Outcome."""
-    import torch
-
-    import ddcolor
-
-    from .imageio import ImageReadError, read_pixels
-
-    try:
-        image = read_pixels(job.source)
-    except ImageReadError as e:
-        return Outcome(job, FAILED, str(e).removeprefix(f"{job.source}: "), time.perf_counter() - began)
-    try:
-        model_began = time.perf_counter()
-        colored = ddcolor.colorize(model, _as_batch(image), size=size, dtype=torch.uint8)[0].numpy()
-        summary.model_seconds += time.perf_counter() - model_began
-    except (MemoryError, RuntimeError, ValueError) as e:
-        return Outcome(job, FAILED, f"colorize failed: {e}", time.perf_counter() - began)
-    return colored
-
-
-def write_output(job: Job, colored, *, quality: int, began: float) -> Outcome:
-    from .imageio import write_image
-
-    target = job.target
-    if colored.shape[-1] == 4 and target.suffix != ".png":
-        target = target.with_suffix(".png")
-    try:
-        write_image(target, colored, quality=quality)
-    except OSError as e:
-        return Outcome(job, FAILED, f"cannot write {target}: {e.strerror or e}", time.perf_counter() - began)
-    note = f"written as {target.name} to keep its alpha channel" if target != job.target else ""
-    return Outcome(job, DONE, note, time.perf_counter() - began)
-
-
 def report_decided_failures(decided: list[Outcome], progress: Progress) -> None:
     for outcome in decided:
         if outcome.status == FAILED:
             progress.write(f"failed: {outcome.job.source}: {outcome.reason}")
-
-
-def _as_batch(image):
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():  # read_pixels' arrays are read-only; colorize only reads them
-        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-        return torch.from_numpy(image)[None]
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    name = name.strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name}: not a device name; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: PyTorch {torch.__version__} sees no CUDA GPU here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible (cuda:0..)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {name}: Apple MPS is not available here; use --device cpu")
-    return str(device)
 
 
 # ----------------------------------------------------------------------------- download / info
@@ -376,18 +310,19 @@ def resolve_device(name: str) -> str:
 
 def cmd_download(args: argparse.Namespace) -> int:
     import ddcolor
-    from ddcolor.checkpoint import default_models_dir
 
-    names = args.names or [DEFAULT_MODEL]
+    from .models import download_with_progress
+
+    names = args.names or [ddcolor.DEFAULT_MODEL]
     if "all" in names:
         names = list(ddcolor.PUBLISHED)
-    unknown = [n for n in names if n.removesuffix(".pth") not in ddcolor.PUBLISHED]
+    unknown = [n for n in names if ddcolor.published_entry(n) is None]
     if unknown:
         raise UsageError(f"unknown model {', '.join(unknown)}; choose from {', '.join(ddcolor.PUBLISHED)} or all")
-    folder = args.models_dir or default_models_dir()
+    folder = args.models_dir or ddcolor.default_models_dir()
     failed = 0
-    for name in dict.fromkeys(n.removesuffix(".pth") for n in names):
-        entry = ddcolor.PUBLISHED[name]
+    for entry in dict.fromkeys(ddcolor.published_entry(n) for n in names):
+        name = entry.name
         target = folder / entry.filename
         if target.is_file():
             print(f"{name}: already present at {target}")
@@ -403,45 +338,14 @@ def cmd_download(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def fetch_if_published(model: str, models_dir: Path, source: str | None = None) -> None:
-    """Download ``model`` (from ``source``, see ``--source``) with a progress bar if it names a published model not yet in ``models_dir``."""
-    import ddcolor
-
-    published = ddcolor.PUBLISHED.get(str(model).removesuffix(".pth"))
-    if published and not Path(model).exists() and not (models_dir / published.filename).is_file():
-        print(f"{published.name}: first use, downloading {published.url(source)} into {models_dir}", file=sys.stderr, flush=True)
-        download_with_progress(published.name, models_dir, source)
-
-
-def download_with_progress(name: str, folder: Path, source: str | None = None) -> Path:
-    """``ddcolor.download`` (from ``source``, see ``--source``) with a byte progress bar on a terminal."""
-    import ddcolor
-    from tqdm import tqdm
-
-    bar = None
-
-    def report(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:  # created on the first report: a resumed download starts part-way
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr, disable=not sys.stderr.isatty())
-        bar.update(done - bar.n)
-
-    try:
-        return ddcolor.download(name, folder, progress=report, source=source)
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def cmd_info(args: argparse.Namespace) -> int:
-    import logging
     import os
 
     import torch
 
     import ddcolor
-    from ddcolor.checkpoint import default_models_dir
-    from ddcolor.precision import PRECISIONS, fast_precisions, resolve_precision
+
+    from .models import resolve_device
 
     print(f"ddcolor with PyTorch {torch.__version__}")
     print(f"default device: {resolve_device('auto')}")
@@ -451,18 +355,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         devices.append("mps")
     for device in devices:
         label = f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else ""
-        fast = fast_precisions(torch.device(device).type)
+        fast = ddcolor.fast_precisions(torch.device(device).type)
         line = f"  {device}{label}: precisions {', '.join(fast)} (auto = {fast[0]})"
-        slow = [p for p in PRECISIONS if p != "auto" and p not in fast]
+        slow = [p for p in ddcolor.PRECISIONS if p != "auto" and p not in fast]
         if slow:
-            quiet = logging.getLogger("ddcolor")
-            previous, quiet.disabled = quiet.disabled, True  # resolve_precision logs its substitution
-            substitutes = [f"{p} runs as {resolve_precision(p, device)}" for p in slow]
-            quiet.disabled = previous
+            substitutes = [f"{p} runs as {ddcolor.resolve_precision(p, device).precision}" for p in slow]
             line += f"; {', '.join(substitutes)} unless --strict-precision"
         print(line)
 
-    folder = args.models_dir or default_models_dir()
+    folder = args.models_dir or ddcolor.default_models_dir()
     if args.models_dir:
         origin = "--models-dir"
     elif os.environ.get("DDCOLOR_MODELS_DIR"):
@@ -480,7 +381,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {name:<20} {entry.variant:<6} {state}")
     others = sorted(
         p.name for p in folder.glob("*")
-        if p.suffix in (".pth", ".pt", ".bin", ".safetensors") and p.name not in published_files
+        if p.suffix in ddcolor.CHECKPOINT_EXTENSIONS and p.name not in published_files
     ) if folder.is_dir() else []
     if others:
         print(f"  other checkpoints (use with --model PATH): {', '.join(others)}")
@@ -491,12 +392,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 def describe_downloads() -> str:
     """Where missing published models come from, as the environment sets it."""
     import ddcolor
-    from ddcolor.checkpoint import download_sources, downloads_off
 
-    if downloads_off():
+    if ddcolor.downloads_off():
         return "off (HF_HUB_OFFLINE is set)"
     try:
-        sources = download_sources()
+        sources = ddcolor.download_sources()
     except ddcolor.DownloadError as e:
         return str(e)
     described = []

@@ -29,8 +29,8 @@ PROGRESS_LINES = 50
 
 
 def add_finetune_parser(commands, *, default_model: str, published: str) -> None:
-    from ..finetune.config import TRAIN_CHOICES, FinetuneConfig
-    from ..precision import TRAINING_PRECISIONS
+    from .. import TRAINING_PRECISIONS
+    from ..finetune import TRAIN_CHOICES, FinetuneConfig
 
     default = FinetuneConfig(output=Path("unused"))
     f = commands.add_parser(
@@ -63,10 +63,9 @@ def add_finetune_parser(commands, *, default_model: str, published: str) -> None
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from ..checkpoint import CheckpointError, DownloadError, default_models_dir
-    from ..finetune.config import FinetuneConfig
-    from ..finetune.trainer import FinetuneError, FinetuneRun, TrainingError
-    from .commands import fetch_if_published, resolve_device
+    from .. import CheckpointError, DownloadError, default_models_dir
+    from ..finetune import FinetuneConfig, FinetuneError, FinetuneRun, TrainingError
+    from .models import fetch_if_published, resolve_device
 
     refuse_uris(*args.inputs, args.output, args.val)
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -113,7 +112,7 @@ def photos_from_files(patterns: list[str], *, recursive: bool = False) -> list:
 
     Each is named by its absolute path: a snapshot knows its photos by name, and
     ``--resume`` may run from another folder."""
-    from ..finetune.data import Photo
+    from ..finetune import Photo
     from .imageio import read_image
 
     return [Photo(str(path.resolve()), partial(read_image, path)) for path, _ in find_inputs(patterns, recursive=recursive)]

@@ -6,13 +6,13 @@ Each image is one row that flows through three Ray Data stages::
 
 Decoding and encoding run as tasks on any node's spare CPUs, beside the
 models, so a GPU never waits on a single reader; each actor loads the model
-once, on its own device, in the precision resolved there. Every stage calls
-the local run's own per-image code (``read_image``, ``ddcolor.colorize``,
-``write_output``), so for the same precision on the same kind of device the
-files are the same bytes.
+once, on its own device, in the precision resolved there. The stages call
+the local run's per-image step, ``image_step.read``, ``.colorize`` and
+``.write``, on the same arrays, so for the same precision on the same kind of
+device the files are the same bytes.
 
-A job that is not an image (a video, once the video CLI has landed) is one
-row too, of the kind ``job_kind`` names; it passes through the read and write
+A job that is not an image (a video or a folder of frames) is one row too,
+of the kind ``job_kind`` names; it passes through the read and write
 stages, and the model worker runs the whole file with
 ``WHOLE_FILE_JOBS[kind](model, job, options)``, which writes it (atomically)
 and returns its Outcome. Register kinds in this module, not at run time: the
@@ -124,24 +124,17 @@ def checkpoint_for_workers(args: argparse.Namespace) -> Checkpoint | int:
 
     import ddcolor
 
-    from ..checkpoint import default_models_dir, model_from_state_dict, read_state_dict, resolve_source
-    from .commands import download_with_progress
+    from .models import fetch_if_published
 
-    models_dir = args.models_dir or default_models_dir()
-    published = ddcolor.PUBLISHED.get(str(args.model).removesuffix(".pth"))
+    models_dir = args.models_dir or ddcolor.default_models_dir()
     try:
-        if published and not Path(args.model).exists() and not (models_dir / published.filename).is_file():
-            print(f"{published.name}: first use, downloading {published.url(args.source)} into {models_dir}", file=sys.stderr, flush=True)
-            download_with_progress(published.name, models_dir, args.source)
-        path = resolve_source(args.model, models_dir)
-        if path.is_dir():  # a Hugging Face folder: the weights file read_state_dict picks
-            path = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), path)
-        state = read_state_dict(path)
-        model_from_state_dict(state, source=str(path))
+        fetch_if_published(args.model, models_dir, args.source)
+        path = ddcolor.find_checkpoint(args.model, models_dir)
+        model = ddcolor.load_model(path, device="cpu", precision="fp32")  # the checks the workers' load makes
     except (ddcolor.CheckpointError, ddcolor.DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    fp32_bytes = 4 * sum(tensor.numel() for tensor in state.values())
+    fp32_bytes = 4 * sum(tensor.numel() for tensor in model.state_dict().values())
     return Checkpoint(path, np.frombuffer(path.read_bytes(), dtype=np.uint8), fp32_bytes)
 
 
@@ -234,10 +227,9 @@ WORKER_BASE_BYTES = 512 << 20
 
 def cpu_worker_memory(weight_bytes: int, size: int) -> int:
     """What one CPU worker needs at most: the process, fp32 weights, one image's activations at ``size``."""
-    from ddcolor.pipeline import ACTIVATION_BYTES_PER_PIXEL_PER_BYTE, ACTIVATION_FIXED_BYTES
+    import ddcolor
 
-    activations = ACTIVATION_BYTES_PER_PIXEL_PER_BYTE * 4 * size * size + ACTIVATION_FIXED_BYTES
-    return WORKER_BASE_BYTES + weight_bytes + activations
+    return WORKER_BASE_BYTES + weight_bytes + ddcolor.activation_bytes(None, size, element_size=4)
 
 
 def run_pipeline(ray, jobs: list[Job], options: Options, plan: WorkerPlan, weights, summary: Summary):
@@ -375,16 +367,31 @@ def read_stage(row: dict) -> dict:
     """Decode one image (a map task); other kinds pass through to their worker."""
     import numpy as np
 
-    from .imageio import ImageReadError, read_image
+    from . import image_step
 
     began = time.perf_counter()
-    image, error = np.zeros((1, 1, 1), np.float32), ""
+    pixels, error = np.zeros((1, 1, 1), np.uint8), ""
     if row["kind"] == "image":
         try:
-            image = read_image(row["source"])
-        except ImageReadError as e:
-            error = str(e).removeprefix(f"{row['source']}: ")
-    return {**row, "image": image, "error": error, "seconds": time.perf_counter() - began}
+            pixels = image_step.read(row["source"])
+        except image_step.StepFailed as e:
+            error = str(e)
+    return {**row, **pack(pixels), "error": error, "seconds": time.perf_counter() - began}
+
+
+def pack(pixels) -> dict:
+    """An image's pixels as bytes (H, W, C * itemsize) and their dtype: images of any bit depth
+    can share a Ray Data block (whose tensor column has one dtype); ``unpack`` gives them back exactly."""
+    import numpy as np
+
+    pixels = np.ascontiguousarray(pixels)
+    return {"image": pixels.view(np.uint8), "dtype": pixels.dtype.str}
+
+
+def unpack(image, dtype: str):
+    import numpy as np
+
+    return np.ascontiguousarray(image).view(np.dtype(dtype))
 
 
 class ModelWorker:
@@ -397,7 +404,7 @@ class ModelWorker:
 
         import ddcolor
 
-        from .commands import resolve_device
+        from .models import resolve_device
 
         self.options = options
         self.device = resolve_device(options.device)
@@ -416,7 +423,9 @@ class ModelWorker:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        out = {key: list(values) for key, values in batch.items() if key != "image"}
+        from . import image_step
+
+        out = {key: list(values) for key, values in batch.items() if key not in ("image", "dtype")}
         out["pixels"], out["status"], out["reason"] = [], [], []
         for i in range(len(batch["index"])):
             began = time.perf_counter()
@@ -426,9 +435,9 @@ class ModelWorker:
                 status, reason = self.whole_file(kind, Job(Path(batch["source"][i]), Path(batch["target"][i])))
             elif not reason:
                 try:
-                    pixels = self.colorize(batch["image"][i])
-                except (MemoryError, RuntimeError, ValueError) as e:
-                    reason = f"colorize failed: {e}"
+                    pixels = image_step.colorize(self.model, unpack(batch["image"][i], str(batch["dtype"][i])), size=self.options.size)
+                except image_step.StepFailed as e:
+                    reason = str(e)
             out["pixels"].append(pixels)
             out["status"].append(status)
             out["reason"].append(reason)
@@ -442,22 +451,10 @@ class ModelWorker:
             return FAILED, f"{kind} failed: {e}"
         return outcome.status, outcome.reason
 
-    def colorize(self, image):
-        """The local run's model step, then the 8-bit conversion its writer does (4x less to ship)."""
-        import numpy as np
-
-        import ddcolor
-
-        from .commands import _as_batch
-        from .imageio import to_uint8
-
-        colored = ddcolor.colorize(self.model, _as_batch(np.array(image)), size=self.options.size)[0].numpy()
-        return to_uint8(colored)
-
 
 def write_stage(row: dict, *, quality: int) -> dict:
     """Encode and write one image atomically (a map task), with the local run's writer."""
-    from .commands import write_output
+    from . import image_step
 
     job = Job(Path(row["source"]), Path(row["target"]))
     seconds = float(row["seconds"])
@@ -466,5 +463,5 @@ def write_stage(row: dict, *, quality: int) -> dict:
     elif row["reason"]:
         outcome = Outcome(job, FAILED, str(row["reason"]), seconds)
     else:
-        outcome = write_output(job, row["pixels"], quality=quality, began=time.perf_counter() - seconds)
+        outcome = image_step.write(job, row["pixels"], quality=quality, began=time.perf_counter() - seconds)
     return {"index": row["index"], "status": outcome.status, "reason": outcome.reason, "seconds": outcome.seconds}

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, TextIO
 import numpy as np
 
 from ..video import DEFAULT_CRF, DEFAULT_RATE, ClipInfo, Frame, VideoError, VideoReader, clock, colorize_video, snap_rate
-from .batch import DONE, FAILED, Job, Outcome, UsageError, relative_name
+from .batch import DONE, FAILED, Job, Outcome, UsageError, relative_name, terminal_bar
 from .imageio import ImageReadError, image_extensions, read_image
 
 # Containers FFmpeg reads that people keep films and home movies in. GIF stays
@@ -201,10 +201,8 @@ class ClipProgress:
         self.done, self.total = 0, None
 
     def update(self, done: int, total: int | None) -> None:
-        if self._bar is None and hasattr(self._stream, "isatty") and self._stream.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="frame", desc=self._name, file=self._stream, dynamic_ncols=True, leave=False)
+        if self._bar is None:
+            self._bar = terminal_bar(self._stream, total=total, unit="frame", desc=self._name, leave=False)
         if self._bar is not None:
             self._bar.update(done - self.done)
         self.done, self.total = done, total

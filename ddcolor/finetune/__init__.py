@@ -22,6 +22,7 @@ _LAZY = {
     "TrainingError": ".config",
     "finetune": ".trainer",
     "Photo": ".data",
+    "TRAIN_CHOICES": ".config",
     "published_state_dict": ".trainable",
     "save_checkpoint": ".trainable",
     "trainable_model": ".trainable",
