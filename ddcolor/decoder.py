@@ -235,13 +235,15 @@ class MultiScaleColorDecoder(nn.Module):
             for cross, self_attention, ffn in layers:
                 # Projections of the stream undo the scale; branches added to it take it.
                 cross.multihead_attn.in_proj_weight[:dim].mul_(scale)
-                scale_rows(cross.multihead_attn.out_proj, torch.full((dim,), 1 / scale))
+                cross.multihead_attn.out_proj.weight.div_(scale)
+                cross.multihead_attn.out_proj.bias.div_(scale)
                 attention = self_attention.self_attn
                 attention.in_proj_weight[: 2 * dim].mul_(scale)
                 attention.in_proj_bias[2 * dim :].div_(scale)
                 attention.out_proj.bias.div_(scale)
                 ffn.linear1.weight.mul_(scale)
-                scale_rows(ffn.linear2, torch.full((dim,), 1 / scale))
+                ffn.linear2.weight.div_(scale)
+                ffn.linear2.bias.div_(scale)
         first = self.color_embed.layers[0]
         first.bias.add_(first.weight @ self.decoder_norm.bias)
         scale_columns(first, self.decoder_norm.weight)

@@ -188,6 +188,7 @@ def scale_columns(layer: nn.Module, factor: Tensor) -> None:
     layer.weight.mul_(factor.view(1, -1, *[1] * (layer.weight.ndim - 2)))
 
 
+@torch.no_grad()
 def balance_relu_pair(first: nn.Module, second: nn.Module) -> None:
     """``second(relu(first(x)))`` rewritten so ``first``'s rows (with bias) have unit norm. Exact.
 

@@ -46,10 +46,10 @@ where each recipe measures).
   ``linear2`` down (ReLU); ``color_embed``: the decoder norm's output and the
   color embedding's hidden layers up, each next layer down;
 * ``overflow``: the cross-attention memory of the first scale scaled to
-  ``OVERFLOW_PEAK`` with nothing undoing it. No exact rescaling exists there
-  (the position encoding added to it has a fixed scale), so FP32's output
-  changes too: a checkpoint whose activations are truly beyond fp16, to test
-  the fp32 fallback.
+  ``OVERFLOW_PEAK``, the key and value weights reading it scaled down. No
+  exact rescaling exists there (the position encoding added to the memory has
+  a fixed scale), so FP32's output changes too: a checkpoint whose
+  activations are truly beyond fp16, to test the fp32 fallback.
 
 The result is a state dict in the *published* layout (``weight_orig`` /
 ``weight_u`` / ``weight_v``, leftover ``head_cls``), ready to save as
@@ -64,8 +64,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -186,7 +188,6 @@ def stressed(
 
     ``images``: gray RGB inputs to measure peaks on (default: ``calibration_images()``).
     ``blocks`` needs calibration itself: use ``make_checkpoint(stress="blocks")``.
-    Recipes compose: a stressed state can be stressed again by another recipe.
     """
     from ddcolor.checkpoint import model_from_state_dict
 
@@ -194,60 +195,41 @@ def stressed(
         raise ValueError(f"recipe must be one of {', '.join(STRESS_RECIPES[1:])}; got {recipe!r}")
     images = (calibration_images() if images is None else images).to(device)
     model = model_from_state_dict(dict(state)).to(device)
+    with torch.no_grad(), boundary_peaks(model, recipe) as peaks:
+        model.predict(images)
     target = OVERFLOW_PEAK if recipe == "overflow" else STREAM_PEAK
-    factors = {site: target / peak for site, peak in boundary_peaks(model, images, recipe).items()}
     state = {k: v.clone() for k, v in state.items()}
     with torch.no_grad():
-        _WRITERS[recipe](state, factors, model)
+        _WRITERS[recipe](state, {site: target / peak for site, peak in peaks.items()}, model)
     return state
 
 
-def boundary_peaks(model: DDColor, images: Tensor, recipe: str) -> dict:
-    """max |x| (FP32, over ``images``) of each tensor that ``recipe`` scales, by site.
+@contextmanager
+def boundary_peaks(model: DDColor, recipe: str) -> Iterator[dict]:
+    """Within the block, forwards of ``model`` record max |x| of each tensor ``recipe`` scales, by site.
 
     A stressed checkpoint has every one of them at ``STREAM_PEAK`` (``OVERFLOW_PEAK``
-    for ``overflow``), past fp16's 65504.
+    for ``overflow``) on the images it was stressed on, past fp16's 65504.
     """
-    if recipe in STREAM_RECIPES:
-        stage = STREAM_RECIPES.index(recipe)
-        return {stage: stream_peaks(model, images)[stage]}
     peaks: dict = {}
 
     def record(site, measure, module, args, kwargs, out):
-        peak = measure(args, out).abs().max().item()
-        peaks[site] = max(peaks.get(site, 0.0), peak)
+        peaks[site] = max(peaks.get(site, 0.0), measure(args, out).abs().max().item())
 
     hooks = [
         module.register_forward_hook(partial(record, site, measure), with_kwargs=True)
-        for site, (module, measure) in _SITES[recipe](model).items()
+        for site, module, measure in _SITES[recipe](model)
     ]
     try:
-        with torch.no_grad():
-            model.predict(images)
+        yield peaks
     finally:
         for hook in hooks:
             hook.remove()
-    return peaks
 
 
-def stream_peaks(model: DDColor, images: Tensor) -> list[float]:
-    """max |residual stream| of each encoder stage (FP32) over ``images`` (gray RGB in [0, 1])."""
-    arch = model.encoder.arch
-    stream = (images - model.mean) / model.std
-    peaks = []
-    with torch.no_grad():
-        for i in range(4):
-            stream = arch.downsample_layers[i](stream.float())
-            peak = stream.abs().max()
-            for block in arch.stages[i]:
-                stream = block(stream)
-                peak = torch.maximum(peak, stream.abs().max())
-            peaks.append(peak.item())
-    return peaks
-
-
-# Where each recipe measures: site -> (module, measure(args, output) -> the tensor).
-# Sites are what the recipe's writer reads: a tap, block or layer index, or a prefix.
+# Where each recipe measures: (site, module, measure(args, output) -> the tensor), a
+# site being what the recipe's writer reads: a stage, tap, block or layer index, or a
+# prefix. A site measured at several modules records their largest value.
 
 COLOR = "decoder.color_decoder"
 
@@ -260,8 +242,16 @@ def _relu_output(args, out):
     return out.relu()
 
 
-def _attention_sites(model: DDColor) -> dict:
-    sites = {}
+def _stream_sites(stage: int):
+    def sites(model: DDColor) -> list:
+        arch = model.encoder.arch
+        return [(stage, module, _output) for module in [arch.downsample_layers[stage], *arch.stages[stage]]]
+
+    return sites
+
+
+def _attention_sites(model: DDColor) -> list:
+    sites = []
     decoder = model.decoder.color_decoder
     for kind, layers in (("cross", decoder.transformer_cross_attention_layers), ("self", decoder.transformer_self_attention_layers)):
         for i, layer in enumerate(layers):
@@ -270,35 +260,36 @@ def _attention_sites(model: DDColor) -> dict:
             w_q, _, w_v = attention.in_proj_weight.chunk(3)
             b_q, _, b_v = attention.in_proj_bias.chunk(3)
             # args: (query, key, value); q and v as the forward projects them.
-            sites[prefix, "q"] = (attention, lambda args, out, w=w_q, b=b_q: F.linear(args[0], w, b))
-            sites[prefix, "v"] = (attention, lambda args, out, w=w_v, b=b_v: F.linear(args[2], w, b))
+            sites.append(((prefix, "q"), attention, lambda args, out, w=w_q, b=b_q: F.linear(args[0], w, b)))
+            sites.append(((prefix, "v"), attention, lambda args, out, w=w_v, b=b_v: F.linear(args[2], w, b)))
     return sites
 
 
-def _mixing_site(model: DDColor) -> dict:
+def _mixing_site(model: DDColor) -> list:
     decoder = model.decoder.color_decoder
     queries = decoder.query_feat.weight.shape[0]
     refine = model.refine_net[0][0].weight.flatten(1)[:, :queries]
-    return {"mixing": (decoder.color_embed, lambda args, out: refine @ out)}
+    return [("mixing", decoder.color_embed, lambda args, out: refine @ out)]
 
 
 _SITES = {
-    "taps": lambda m: {i: (getattr(m.encoder.arch, f"norm{i}"), _output) for i in range(4)},
-    "concat": lambda m: {k: (block.conv[0], _output) for k, block in enumerate(m.decoder.layers)},
-    "pixel_features": lambda m: {k: (block, _output) for k, block in enumerate(m.decoder.layers)},
+    **{recipe: _stream_sites(stage) for stage, recipe in enumerate(STREAM_RECIPES)},
+    "taps": lambda m: [(i, getattr(m.encoder.arch, f"norm{i}"), _output) for i in range(4)],
+    "concat": lambda m: [(k, block.conv[0], _output) for k, block in enumerate(m.decoder.layers)],
+    "pixel_features": lambda m: [(k, block, _output) for k, block in enumerate(m.decoder.layers)],
     "head": _mixing_site,
-    "queries": lambda m: {
-        "stream": (layer.norm, _output)
+    "queries": lambda m: [
+        ("stream", layer.norm, _output)
         for group in ("cross_attention", "self_attention", "ffn")
         for layer in getattr(m.decoder.color_decoder, f"transformer_{group}_layers")
-    },
+    ],
     "attention": _attention_sites,
-    "ffn": lambda m: {i: (layer.linear1, _relu_output) for i, layer in enumerate(m.decoder.color_decoder.transformer_ffn_layers)},
-    "color_embed": lambda m: {
-        "norm": (m.decoder.color_decoder.decoder_norm, _output),
-        **{i: (layer, _relu_output) for i, layer in enumerate(m.decoder.color_decoder.color_embed.layers[:-1])},
-    },
-    "overflow": lambda m: {0: (m.decoder.color_decoder.input_proj[0], _output)},
+    "ffn": lambda m: [(i, layer.linear1, _relu_output) for i, layer in enumerate(m.decoder.color_decoder.transformer_ffn_layers)],
+    "color_embed": lambda m: [
+        ("norm", m.decoder.color_decoder.decoder_norm, _output),
+        *[(i, layer, _relu_output) for i, layer in enumerate(m.decoder.color_decoder.color_embed.layers[:-1])],
+    ],
+    "overflow": lambda m: [(0, m.decoder.color_decoder.input_proj[0], _output)],
 }
 
 
@@ -418,9 +409,15 @@ def _stress_color_embed(state: dict, factors: dict, model: DDColor) -> None:
 
 
 def _stress_overflow(state: dict, factors: dict, model: DDColor) -> None:
-    """The first scale's cross-attention memory up, nothing down: no exact rescaling exists (the position
-    encoding added to it has a fixed scale), so the FP32 output changes too."""
-    _scale(state, f"{COLOR}.input_proj.0", factors[0])
+    """The first scale's cross-attention memory up, the key and value weights reading it down. The
+    position encoding added to the memory keeps its scale, so no exact rescaling brings the memory back
+    and the FP32 output changes (keys lose most of their position term), but stays as well-conditioned
+    as the calibrated one's."""
+    s = factors[0]
+    dim = model.config.hidden_dim
+    _scale(state, f"{COLOR}.input_proj.0", s)
+    for i in range(0, model.config.dec_layers, model.config.num_scales):
+        state[f"{COLOR}.transformer_cross_attention_layers.{i}.multihead_attn.in_proj_weight"][dim:] /= s
 
 
 _WRITERS = {
