@@ -12,7 +12,9 @@ MLP (``pwconv1`` -> GELU -> ``pwconv2``, 96% of the block's FLOPs) runs in half.
 ``Block.balance_for_half`` first rewrites the MLP exactly so that its half
 tensors stay in range whatever scale the checkpoint gives its norm or layer
 scale. Cost: one FP32 copy of the stream per stage instead of a half one
-(e.g. 79 MB instead of 39 MB for stage 0 of the large model at 1280).
+(e.g. 79 MB instead of 39 MB for stage 0 of the large model at 1280). The
+taps (``norm{i}`` outputs, handed to the decoder in half) are brought to unit
+scale by ``DDColor.balance_for_half``, the decoder's readers taking the scale.
 """
 
 from __future__ import annotations

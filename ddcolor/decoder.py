@@ -5,6 +5,18 @@ cross-attend to the pixel decoder's three scales).
 Module names follow the published checkpoints (``decoder.*``). Spectral-norm
 convs hold plain folded weights for inference (``checkpoint.py`` folds them at
 load time); ``finetune/trainable.py`` keeps them live for training.
+
+Half precision: every tensor here that is held in half sits between layers
+that can trade a per-channel scale exactly (a BatchNorm, a LayerNorm, a ReLU,
+a product), so a checkpoint can make it as large as it likes without changing
+the FP32 result. Before weights go to half, the ``balance_for_half`` methods
+(called parents first by ``precision.apply_precision``) take that freedom
+away, in FP32: a conv feeding a BatchNorm gives it inputs of unit RMS (the
+norm's running statistics measure them), a BatchNorm hands on outputs of unit
+RMS (its affine says how large they are) and its readers take the scale, the
+layers around a ReLU have unit rows, the two sides of each attention product
+the same norm, and the color decoder's query stream the scale of its norms.
+What is left in half is then of order one whatever the checkpoint's scales.
 """
 
 from __future__ import annotations
@@ -20,9 +32,14 @@ from .layers import (
     LayerNorm,
     Linear,
     MultiheadAttention,
+    balance_relu_pair,
     blur_upsampled,
     checkpointed,
+    row_norms,
+    scale_columns,
+    scale_rows,
     sine_position_encoding,
+    unit_scale,
 )
 
 
@@ -62,6 +79,31 @@ class UnetBlockWide(nn.Module):
         x = torch.cat([self.shuf(up_in), self.bn(skip)], dim=1)
         return self.conv(F.relu_(x))
 
+    @torch.no_grad()
+    def balance_for_half(self) -> None:
+        """Bring the block's half tensors to unit RMS, exactly (see the module docstring). In place, FP32.
+
+        The 1x1 and 3x3 convs' outputs enter their BatchNorms at unit RMS (the
+        scale moves into the norm's statistics); the upsampled and skip
+        BatchNorms hand the 3x3 conv unit-RMS channels (the scale moves into
+        its weights). The block's output is balanced with its readers by
+        ``Decoder.balance_for_half``.
+        """
+        up_conv, up_norm = self.shuf.conv
+        conv, _, out_norm = self.conv
+        for layer, norm in ((up_conv, up_norm), (conv, out_norm)):
+            scale = unit_scale(norm.input_rms())
+            scale_rows(layer, 1 / scale)  # through the ReLU before out_norm too
+            norm.scale_input(1 / scale)
+        # Pixel shuffle makes channel c from up_norm's channels c * s^2 .. c * s^2 + s^2 - 1,
+        # and the 3x3 conv weighs the result: one scale per shuffled channel.
+        groups = self.shuf.scale**2
+        up = unit_scale(up_norm.output_rms().view(-1, groups).square().mean(dim=1).sqrt())
+        skip = unit_scale(self.bn.output_rms())
+        up_norm.scale_output(1 / up.repeat_interleave(groups))
+        self.bn.scale_output(1 / skip)
+        scale_columns(conv, torch.cat([up, skip]))
+
 
 class CrossAttentionLayer(nn.Module):
     def __init__(self, dim: int, num_heads: int):
@@ -95,6 +137,10 @@ class FFNLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(x + self.linear2(F.relu(self.linear1(x))))
 
+    def balance_for_half(self) -> None:
+        """The hidden layer's scale moves into ``linear2`` (exact, ReLU): it stays of the input's order."""
+        balance_relu_pair(self.linear1, self.linear2)
+
 
 class MLP(nn.Module):
     def __init__(self, dims: list[int]):
@@ -107,6 +153,11 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = F.relu(x)
         return x
+
+    def balance_for_half(self) -> None:
+        """Each hidden layer's scale moves into the next layer (exact, ReLU); the last carries them all."""
+        for first, second in zip(self.layers[:-1], self.layers[1:]):
+            balance_relu_pair(first, second)
 
 
 class MultiScaleColorDecoder(nn.Module):
@@ -166,6 +217,50 @@ class MultiScaleColorDecoder(nn.Module):
         queries = self.transformer_self_attention_layers[i](queries, query_pos)
         return self.transformer_ffn_layers[i](queries)
 
+    @torch.no_grad()
+    def balance_for_half(self) -> None:
+        """Give the query stream the scale of order one its norms would have with unit affines. In place, FP32.
+
+        The stream (queries, their positions and every branch added to them)
+        enters half layers at each projection, and a checkpoint may scale all
+        of it by one factor: the LayerNorms between layers do not see it, the
+        layers reading the stream undo it. That factor, measured as the RMS of
+        the stream norms' affine, is divided out everywhere it appears (the
+        norms' eps with it, so the result is exact). Then ``decoder_norm``'s
+        affine folds into the color embedding. The attention, FFN and MLP
+        children balance themselves afterwards (``apply_precision`` visits
+        parents first).
+        """
+        layers = list(zip(self.transformer_cross_attention_layers, self.transformer_self_attention_layers, self.transformer_ffn_layers))
+        norms = [layer.norm for group in layers for layer in group]
+        scale = torch.cat([n.weight.square() + n.bias.square() for n in norms]).mean().sqrt().item()
+        if scale > 0:
+            self.query_feat.weight.div_(scale)
+            self.query_embed.weight.div_(scale)
+            for norm in norms + [self.decoder_norm]:
+                norm.eps /= scale**2  # its input is divided by scale
+            for norm in norms:
+                norm.weight.div_(scale)
+                norm.bias.div_(scale)
+            dim = self.query_feat.weight.shape[1]
+            for cross, self_attention, ffn in layers:
+                # Projections of the stream undo the scale; branches added to it take it.
+                cross.multihead_attn.in_proj_weight[:dim].mul_(scale)
+                cross.multihead_attn.out_proj.weight.div_(scale)
+                cross.multihead_attn.out_proj.bias.div_(scale)
+                attention = self_attention.self_attn
+                attention.in_proj_weight[: 2 * dim].mul_(scale)
+                attention.in_proj_bias[2 * dim :].div_(scale)
+                attention.out_proj.bias.div_(scale)
+                ffn.linear1.weight.mul_(scale)
+                ffn.linear2.weight.div_(scale)
+                ffn.linear2.bias.div_(scale)
+        first = self.color_embed.layers[0]
+        first.bias.add_(first.weight @ self.decoder_norm.bias)
+        scale_columns(first, self.decoder_norm.weight)
+        self.decoder_norm.weight.fill_(1.0)
+        self.decoder_norm.bias.zero_()
+
 
 class Decoder(nn.Module):
     """Pixel decoder (``layers``, ``last_shuf``) plus the color decoder."""
@@ -179,6 +274,37 @@ class Decoder(nn.Module):
         self.layers = nn.Sequential(*[UnetBlockWide(u, s, o) for u, s, o in zip(up_channels, skips, out_channels)])
         self.last_shuf = PixelShuffleUpsample(nf // 2, nf // 2, scale=4, batchnorm=False)
         self.color_decoder = MultiScaleColorDecoder(in_channels=out_channels, embed_dim=nf // 2, **config_color)
+
+    @torch.no_grad()
+    def balance_for_half(self) -> None:
+        """Balance each block's output and the head with their readers. In place, FP32.
+
+        A block's output (its last BatchNorm) goes to unit RMS; the next
+        block's 1x1 conv (or the head's), and the color decoder's input
+        projection, take the scale. In the head, sub-pixel rows of ``last_shuf``
+        for feature channel c meet color embedding channel c in one product
+        after a ReLU: the rows go to unit norm and the embedding takes the scale.
+        """
+        readers = [block.shuf.conv[0] for block in self.layers[1:]] + [self.last_shuf.conv[0]]
+        for block, projection, reader in zip(self.layers, self.color_decoder.input_proj, readers):
+            norm = block.conv[2]
+            scale = unit_scale(norm.output_rms())
+            norm.scale_output(1 / scale)
+            scale_columns(projection, scale)
+            scale_columns(reader, scale)
+        conv = self.last_shuf.conv[0]
+        groups = self.last_shuf.scale**2
+        scale = unit_scale(row_norms(conv).view(-1, groups).square().mean(dim=1).sqrt())
+        scale_rows(conv, 1 / scale.repeat_interleave(groups))
+        scale_rows(self.color_decoder.color_embed.layers[-1], scale)
+
+    @torch.no_grad()
+    def absorb_tap_scale(self, tap: int, scale: Tensor) -> None:
+        """Encoder tap ``tap`` (0: 1/4 .. 3: 1/32) now comes divided by ``scale`` (per channel): its reader takes it."""
+        if tap == 3:
+            scale_columns(self.layers[0].shuf.conv[0], scale)
+        else:
+            self.layers[2 - tap].bn.scale_input(1 / scale)
 
     @property
     def compute_dtype(self) -> torch.dtype:

@@ -154,7 +154,13 @@ class LayerNorm2d(nn.Module):
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm computed in FP32 with FP32 statistics, returning the input dtype."""
+    """BatchNorm computed in FP32 with FP32 statistics, returning the input dtype.
+
+    Its running statistics are measurements of its input on the training
+    data, so they say how large that input is (``input_rms``), and its affine
+    says how large its output is (``output_rms``): half-precision balancing
+    reads both, and rescales either exactly (``scale_input``, ``scale_output``).
+    """
 
     fp32_tensors = ("weight", "bias", "running_mean", "running_var")
 
@@ -163,6 +169,77 @@ class BatchNorm2d(nn.BatchNorm2d):
         if self.training:  # batch statistics need the whole batch at once
             return super().forward(x.float()).to(x.dtype)
         return in_fp32(x, super().forward, dim=2)
+
+    def input_rms(self) -> Tensor:
+        """Per channel, the RMS of the input the statistics were measured on."""
+        return (self.running_mean.square() + self.running_var.clamp(min=0)).sqrt()
+
+    def output_rms(self) -> Tensor:
+        """Per channel, the RMS of the output on that input (about sqrt(weight^2 + bias^2))."""
+        return (self.weight.square() + self.bias.square()).sqrt()
+
+    @torch.no_grad()
+    def scale_input(self, factor: Tensor) -> None:
+        """The statistics of an input multiplied by ``factor`` (per channel, > 0): the output is unchanged.
+
+        Exact, eps included: the variance term may dip below zero by at most
+        eps, which BatchNorm only ever reads as ``var + eps``.
+        """
+        self.running_var.copy_((self.running_var + self.eps) * factor.square() - self.eps)
+        self.running_mean.mul_(factor)
+
+    @torch.no_grad()
+    def scale_output(self, factor: Tensor) -> None:
+        """Multiply the output by ``factor`` (per channel)."""
+        self.weight.mul_(factor)
+        self.bias.mul_(factor)
+
+
+# ----------------------------------------------------------------------------- exact rescaling for half precision
+# Conv and linear layers between FP32 neighbours, or around a ReLU, can take a
+# per-channel scale from one side and give it to the other without changing
+# the FP32 result. These helpers do that in FP32, in place, before weights go
+# to half (the modules' ``balance_for_half`` methods).
+
+
+def unit_scale(scale: Tensor) -> Tensor:
+    """``scale`` where positive, else 1: a dead channel keeps its (zero) values."""
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def row_norms(layer: nn.Module) -> Tensor:
+    """Per output channel, the L2 norm of a conv's or linear's weights with its bias."""
+    rows = layer.weight.flatten(1)
+    if layer.bias is not None:
+        rows = torch.cat([rows, layer.bias[:, None]], dim=1)
+    return rows.norm(dim=1)
+
+
+@torch.no_grad()
+def scale_rows(layer: nn.Module, factor: Tensor) -> None:
+    """Multiply a conv's or linear's output channels (weights and bias) by ``factor``."""
+    layer.weight.mul_(factor.view(-1, *[1] * (layer.weight.ndim - 1)))
+    if layer.bias is not None:
+        layer.bias.mul_(factor)
+
+
+@torch.no_grad()
+def scale_columns(layer: nn.Module, factor: Tensor) -> None:
+    """Multiply the weights a conv or linear applies to each input channel by ``factor``."""
+    layer.weight.mul_(factor.view(1, -1, *[1] * (layer.weight.ndim - 2)))
+
+
+@torch.no_grad()
+def balance_relu_pair(first: nn.Module, second: nn.Module) -> None:
+    """``second(relu(first(x)))`` rewritten so ``first``'s rows (with bias) have unit norm. Exact.
+
+    ReLU is positively homogeneous: each row's norm moves into the weights
+    ``second`` applies to that channel. The hidden tensor is then bounded by
+    the norm of ``[x, 1]`` whatever scale the checkpoint gave it.
+    """
+    scale = unit_scale(row_norms(first))
+    scale_rows(first, 1 / scale)
+    scale_columns(second, scale)
 
 
 def blur_upsampled(x: Tensor) -> Tensor:
@@ -219,6 +296,27 @@ class MultiheadAttention(nn.Module):
             del keys
         out = out.transpose(1, 2).reshape(batch, len_q, heads * head_dim)
         return self.out_proj(out)
+
+    @torch.no_grad()
+    def balance_for_half(self) -> None:
+        """Rescale the projections exactly so neither side of a product holds the other's scale. In place, FP32.
+
+        Logits sum q_j * k_j over dimensions j, and the output weighs v_j by
+        a convex combination then applies ``out_proj``'s column j: a checkpoint
+        may scale q_j up and k_j down, or v_j up and that column down, without
+        changing anything but the half tensors. Each pair is set to the same
+        norm (the geometric mean of the two).
+        """
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        norms = torch.cat([weight, bias[:, None]], dim=1).norm(dim=1)
+        q, k, v = norms.chunk(3)
+        out_columns = self.out_proj.weight.norm(dim=0)
+        qk = torch.where((q > 0) & (k > 0), (k / q).sqrt(), torch.ones_like(q))
+        vo = torch.where((v > 0) & (out_columns > 0), (out_columns / v).sqrt(), torch.ones_like(v))
+        factor = torch.cat([qk, 1 / qk, vo])
+        weight.mul_(factor[:, None])
+        bias.mul_(factor)
+        scale_columns(self.out_proj, 1 / vo)
 
     def _heads(self, x: Tensor) -> Tensor:
         batch, length, dim = x.shape

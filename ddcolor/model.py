@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .convnext import VARIANTS, Encoder
 from .decoder import Decoder
-from .layers import CHUNK_ELEMENTS, Conv2d, autocast_off, blur_upsampled, checkpointed
+from .layers import CHUNK_ELEMENTS, Conv2d, autocast_off, blur_upsampled, checkpointed, unit_scale
 from .precision import full_precision
 
 log = logging.getLogger("ddcolor")
@@ -111,6 +111,22 @@ class DDColor(nn.Module):
                 with full_precision(self):
                     ab[failed] = self.predict(x[failed])
         return ab
+
+    @torch.no_grad()
+    def balance_for_half(self) -> None:
+        """The encoder's taps at unit scale, their readers in the decoder taking it. Exact, in place, FP32.
+
+        A tap is a LayerNorm's output handed to the pixel decoder in half; a
+        checkpoint may scale its affine by anything its readers (a BatchNorm,
+        or a conv before one) undo. Each channel is divided by the norm of its
+        affine, so the tap is bounded by sqrt(channels) + 1.
+        """
+        for i in range(4):
+            norm = getattr(self.encoder.arch, f"norm{i}")
+            scale = unit_scale((norm.weight.square() + norm.bias.square()).sqrt())
+            norm.weight.div_(scale)
+            norm.bias.div_(scale)
+            self.decoder.absorb_tap_scale(i, scale)
 
     def predict(self, x: Tensor) -> Tensor:
         """The network itself, in the model's precision, with no safety net (``forward`` adds it)."""

@@ -133,7 +133,8 @@ def apply_precision(model: nn.Module, precision: str, *, split: tuple | None = N
     ``MIXED_SPLITS`` entry); kept as ``model.mixed_split``.
 
     Before the first conversion to half, modules that have ``balance_for_half``
-    rewrite themselves exactly (in FP32) so their half tensors stay in range.
+    rewrite themselves exactly (in FP32) so their half tensors stay in range;
+    parents go before their children (``modules()`` order), which may rely on it.
     """
     if precision not in RESOLVED:
         raise ValueError(f"precision must be one of {', '.join(RESOLVED)}; got {precision!r}")

@@ -18,18 +18,38 @@ calibrated checkpoint fixes that:
 
 Stress recipes (``stress=``, ``STRESS_RECIPES``) make checkpoints whose FP32
 output is that of a calibrated one (to ~1e-4) but whose activations leave
-fp16's range (65504), each the way a trained network could:
+fp16's range (65504), each the way a trained network could: a tensor handed
+to (or made by) a half layer is scaled to a peak of ``STREAM_PEAK`` on real
+photos, and what reads it undoes the scale exactly (``boundary_peaks`` says
+where each recipe measures).
 
 * ``blocks``: stage-3 layer scales inflated during calibration until the FP32
   residual stream exceeds 70000;
-* ``stem``, ``stage1``, ``stage2``, ``stage3``: one stage's residual stream
-  scaled to a peak of ``STREAM_PEAK`` on real photos through its writers: the
-  stem conv and the LayerNorm after it (stage 0), or the downsample conv
-  (stages 1-3), plus every block's depthwise-conv bias and layer scale. Every
-  reader of the stream is a LayerNorm, so the output does not change;
-* ``overflow``: the first color-decoder FFN's hidden layer scaled past fp16's
-  range (its output weights scaled down: ReLU keeps the output), a place the
-  fp16 design does not protect, to test the fp32 fallback.
+* ``stem``, ``stage1``, ``stage2``, ``stage3`` (``STREAM_RECIPES``): one
+  stage's residual stream through its writers: the stem conv and the
+  LayerNorm after it (stage 0), or the downsample conv (stages 1-3), plus
+  every block's depthwise-conv bias and layer scale. Every reader of the
+  stream is a LayerNorm;
+* ``BOUNDARY_RECIPES``, one per kind of boundary outside the stream:
+  ``taps``: the encoder's four outputs (the affine of the LayerNorms after
+  each stage), read by the pixel decoder's BatchNorms (statistics scaled) or
+  by a bias-free 1x1 conv before one; ``concat``: the two BatchNorms feeding a
+  U-Net block's 3x3 conv, whose output BatchNorm's statistics take the scale;
+  ``pixel_features``: each U-Net block's output BatchNorm, read by the next
+  block's 1x1 conv and BatchNorm, the color decoder's input projection and
+  (last block) the head's conv and ReLU, then the color embedding;
+  ``head``: the head's mixing matrix (color embedding) up and the features
+  it multiplies down; ``queries``: the color decoder's whole query stream
+  (queries, positions, norms, every branch written into it; every projection
+  reading it divides); ``attention``: each attention's q up and k down, v up
+  and ``out_proj``'s input weights down; ``ffn``: each FFN's hidden layer up,
+  ``linear2`` down (ReLU); ``color_embed``: the decoder norm's output and the
+  color embedding's hidden layers up, each next layer down;
+* ``overflow``: the cross-attention memory of the first scale scaled to
+  ``OVERFLOW_PEAK``, the key and value weights reading it scaled down. No
+  exact rescaling exists there (the position encoding added to the memory has
+  a fixed scale), so FP32's output changes too: a checkpoint whose
+  activations are truly beyond fp16, to test the fp32 fallback.
 
 The result is a state dict in the *published* layout (``weight_orig`` /
 ``weight_u`` / ``weight_v``, leftover ``head_cls``), ready to save as
@@ -44,7 +64,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -72,9 +95,12 @@ STAGE_GROWTH = (0.2, 0.2, 0.2, 0.2)
 OUTLIER_FRACTION = 0.02
 OUTLIER_GAIN = 40.0
 STRESS_GAIN = 4000.0
-STRESS_RECIPES = ("blocks", "stem", "stage1", "stage2", "stage3", "overflow")
+# Each exact: FP32's output does not change (see the module docstring).
+STREAM_RECIPES = ("stem", "stage1", "stage2", "stage3")
+BOUNDARY_RECIPES = ("taps", "concat", "pixel_features", "head", "queries", "attention", "ffn", "color_embed")
+STRESS_RECIPES = ("blocks", *STREAM_RECIPES, *BOUNDARY_RECIPES, "overflow")
 STREAM_PEAK = 1.2e5
-OVERFLOW_PEAK = 2e5  # past fp16 (65504), with linear1 weights that fp16 still holds
+OVERFLOW_PEAK = 2e5  # past fp16 (65504), with input projection weights that fp16 still holds
 ATTENTION_SHARPNESS = 1.2
 AB_STD = 25.0
 
@@ -169,55 +195,243 @@ def stressed(
         raise ValueError(f"recipe must be one of {', '.join(STRESS_RECIPES[1:])}; got {recipe!r}")
     images = (calibration_images() if images is None else images).to(device)
     model = model_from_state_dict(dict(state)).to(device)
+    with torch.no_grad(), boundary_peaks(model, recipe) as peaks:
+        model.predict(images)
+    target = OVERFLOW_PEAK if recipe == "overflow" else STREAM_PEAK
     state = {k: v.clone() for k, v in state.items()}
     with torch.no_grad():
-        if recipe == "overflow":
-            prefix = "decoder.color_decoder.transformer_ffn_layers.0"
-            hidden = _ffn_hidden_peak(model, images)
-            s = OVERFLOW_PEAK / hidden
-            for key in (f"{prefix}.linear1.weight", f"{prefix}.linear1.bias"):
-                state[key] *= s
-            state[f"{prefix}.linear2.weight"] /= s
-            return state
-        stage = 0 if recipe == "stem" else int(recipe[-1])
-        s = STREAM_PEAK / stream_peaks(model, images)[stage]
-        arch = "encoder.arch"
-        writers = [f"{arch}.downsample_layers.0.0", f"{arch}.downsample_layers.0.1"] if stage == 0 else [f"{arch}.downsample_layers.{stage}.1"]
-        for writer in writers:
-            state[f"{writer}.weight"] *= s
-            state[f"{writer}.bias"] *= s
-        for block in range(len(model.encoder.arch.stages[stage])):
-            state[f"{arch}.stages.{stage}.{block}.dwconv.bias"] *= s
-            state[f"{arch}.stages.{stage}.{block}.gamma"] *= s
+        _WRITERS[recipe](state, {site: target / peak for site, peak in peaks.items()}, model)
     return state
 
 
-def stream_peaks(model: DDColor, images: Tensor) -> list[float]:
-    """max |residual stream| of each encoder stage (FP32) over ``images`` (gray RGB in [0, 1])."""
-    arch = model.encoder.arch
-    stream = (images - model.mean) / model.std
-    peaks = []
-    with torch.no_grad():
-        for i in range(4):
-            stream = arch.downsample_layers[i](stream.float())
-            peak = stream.abs().max()
-            for block in arch.stages[i]:
-                stream = block(stream)
-                peak = torch.maximum(peak, stream.abs().max())
-            peaks.append(peak.item())
-    return peaks
+@contextmanager
+def boundary_peaks(model: DDColor, recipe: str) -> Iterator[dict]:
+    """Within the block, forwards of ``model`` record max |x| of each tensor ``recipe`` scales, by site.
 
+    A stressed checkpoint has every one of them at ``STREAM_PEAK`` (``OVERFLOW_PEAK``
+    for ``overflow``) on the images it was stressed on, past fp16's 65504.
+    """
+    peaks: dict = {}
 
-def _ffn_hidden_peak(model: DDColor, images: Tensor) -> float:
-    ffn = model.decoder.color_decoder.transformer_ffn_layers[0]
-    peak = []
-    hook = ffn.linear1.register_forward_hook(lambda module, args, out: peak.append(out.relu().abs().max().item()))
+    def record(site, measure, module, args, kwargs, out):
+        peaks[site] = max(peaks.get(site, 0.0), measure(args, out).abs().max().item())
+
+    hooks = [
+        module.register_forward_hook(partial(record, site, measure), with_kwargs=True)
+        for site, module, measure in _SITES[recipe](model)
+    ]
     try:
-        with torch.no_grad():
-            model(images)
+        yield peaks
     finally:
-        hook.remove()
-    return peak[0]
+        for hook in hooks:
+            hook.remove()
+
+
+# Where each recipe measures: (site, module, measure(args, output) -> the tensor), a
+# site being what the recipe's writer reads: a stage, tap, block or layer index, or a
+# prefix. A site measured at several modules records their largest value.
+
+COLOR = "decoder.color_decoder"
+
+
+def _output(args, out):
+    return out
+
+
+def _relu_output(args, out):
+    return out.relu()
+
+
+def _stream_sites(stage: int):
+    def sites(model: DDColor) -> list:
+        arch = model.encoder.arch
+        return [(stage, module, _output) for module in [arch.downsample_layers[stage], *arch.stages[stage]]]
+
+    return sites
+
+
+def _attention_sites(model: DDColor) -> list:
+    sites = []
+    decoder = model.decoder.color_decoder
+    for kind, layers in (("cross", decoder.transformer_cross_attention_layers), ("self", decoder.transformer_self_attention_layers)):
+        for i, layer in enumerate(layers):
+            attention = layer.multihead_attn if kind == "cross" else layer.self_attn
+            prefix = f"{COLOR}.transformer_{kind}_attention_layers.{i}.{'multihead_attn' if kind == 'cross' else 'self_attn'}"
+            w_q, _, w_v = attention.in_proj_weight.chunk(3)
+            b_q, _, b_v = attention.in_proj_bias.chunk(3)
+            # args: (query, key, value); q and v as the forward projects them.
+            sites.append(((prefix, "q"), attention, lambda args, out, w=w_q, b=b_q: F.linear(args[0], w, b)))
+            sites.append(((prefix, "v"), attention, lambda args, out, w=w_v, b=b_v: F.linear(args[2], w, b)))
+    return sites
+
+
+def _mixing_site(model: DDColor) -> list:
+    decoder = model.decoder.color_decoder
+    queries = decoder.query_feat.weight.shape[0]
+    refine = model.refine_net[0][0].weight.flatten(1)[:, :queries]
+    return [("mixing", decoder.color_embed, lambda args, out: refine @ out)]
+
+
+_SITES = {
+    **{recipe: _stream_sites(stage) for stage, recipe in enumerate(STREAM_RECIPES)},
+    "taps": lambda m: [(i, getattr(m.encoder.arch, f"norm{i}"), _output) for i in range(4)],
+    "concat": lambda m: [(k, block.conv[0], _output) for k, block in enumerate(m.decoder.layers)],
+    "pixel_features": lambda m: [(k, block, _output) for k, block in enumerate(m.decoder.layers)],
+    "head": _mixing_site,
+    "queries": lambda m: [
+        ("stream", layer.norm, _output)
+        for group in ("cross_attention", "self_attention", "ffn")
+        for layer in getattr(m.decoder.color_decoder, f"transformer_{group}_layers")
+    ],
+    "attention": _attention_sites,
+    "ffn": lambda m: [(i, layer.linear1, _relu_output) for i, layer in enumerate(m.decoder.color_decoder.transformer_ffn_layers)],
+    "color_embed": lambda m: [
+        ("norm", m.decoder.color_decoder.decoder_norm, _output),
+        *[(i, layer, _relu_output) for i, layer in enumerate(m.decoder.color_decoder.color_embed.layers[:-1])],
+    ],
+    "overflow": lambda m: [(0, m.decoder.color_decoder.input_proj[0], _output)],
+}
+
+
+# Writers: scale each site of a (cloned) published-layout state by its factor, and
+# its readers by the inverse, so the FP32 output does not change.
+
+
+def _scale(state: dict, prefix: str, factor, keys=("weight", "bias")) -> None:
+    for key in keys:
+        state[f"{prefix}.{key}"] *= factor
+
+
+def _scale_bn_input(state: dict, prefix: str, factor: float, eps: float = 1e-5) -> None:
+    """Statistics of a BatchNorm (default eps) whose input is multiplied by ``factor``; exact."""
+    state[f"{prefix}.running_mean"] *= factor
+    state[f"{prefix}.running_var"] = (state[f"{prefix}.running_var"] + eps) * factor**2 - eps
+
+
+def _stress_stream(state: dict, factors: dict, model: DDColor) -> None:
+    """A stage's residual stream through all its writers; its readers are LayerNorms."""
+    ((stage, s),) = factors.items()
+    arch = "encoder.arch"
+    writers = [f"{arch}.downsample_layers.0.0", f"{arch}.downsample_layers.0.1"] if stage == 0 else [f"{arch}.downsample_layers.{stage}.1"]
+    for writer in writers:
+        _scale(state, writer, s)
+    for block in range(len(model.encoder.arch.stages[stage])):
+        _scale(state, f"{arch}.stages.{stage}.{block}", s, ("dwconv.bias", "gamma"))
+
+
+def _stress_taps(state: dict, factors: dict, model: DDColor) -> None:
+    """Tap i's LayerNorm affine; its reader is a BatchNorm (skips) or a bias-free conv before one (tap 3)."""
+    for i, s in factors.items():
+        _scale(state, f"encoder.arch.norm{i}", s)
+        _scale_bn_input(state, "decoder.layers.0.shuf.conv.1" if i == 3 else f"decoder.layers.{2 - i}.bn", s)
+
+
+def _stress_concat(state: dict, factors: dict, model: DDColor) -> None:
+    """Both BatchNorms feeding a block's 3x3 conv; the BatchNorm after it (through ReLU) sees the scale."""
+    for k, s in factors.items():
+        _scale(state, f"decoder.layers.{k}.shuf.conv.1", s)
+        _scale(state, f"decoder.layers.{k}.bn", s)
+        _scale_bn_input(state, f"decoder.layers.{k}.conv.2", s)
+
+
+def _stress_pixel_features(state: dict, factors: dict, model: DDColor) -> None:
+    """A block's output BatchNorm; its readers: the next 1x1 conv's BatchNorm, the color decoder's input
+    projection, and (last block) the head, whose ReLU passes the scale to the color embedding."""
+    for k, s in factors.items():
+        _pixel_features_scale(state, k, s)
+
+
+def _pixel_features_scale(state: dict, k: int, s: float) -> None:
+    _scale(state, f"decoder.layers.{k}.conv.2", s)
+    _scale(state, f"{COLOR}.input_proj.{k}", 1 / s, ("weight",))
+    if k < 2:
+        _scale_bn_input(state, f"decoder.layers.{k + 1}.shuf.conv.1", s)
+    else:
+        _scale(state, "decoder.last_shuf.conv.0", s, ("bias",))
+        _scale(state, f"{COLOR}.color_embed.layers.2", 1 / s)
+
+
+def _stress_head(state: dict, factors: dict, model: DDColor) -> None:
+    """The head's mixing matrix up, the features it multiplies (the last block's output) down."""
+    _pixel_features_scale(state, 2, 1 / factors["mixing"])
+
+
+def _stress_queries(state: dict, factors: dict, model: DDColor) -> None:
+    """The whole query stream: queries, positions, every norm and every branch written into it; every
+    projection reading it divides. The norms between layers do not see the scale (to their eps)."""
+    s = factors["stream"]
+    dim = model.config.hidden_dim
+    _scale(state, COLOR, s, ("query_feat.weight", "query_embed.weight"))
+    for i in range(model.config.dec_layers):
+        cross = f"{COLOR}.transformer_cross_attention_layers.{i}"
+        state[f"{cross}.multihead_attn.in_proj_weight"][:dim] /= s
+        _scale(state, f"{cross}.multihead_attn.out_proj", s)
+        attention = f"{COLOR}.transformer_self_attention_layers.{i}"
+        state[f"{attention}.self_attn.in_proj_weight"][: 2 * dim] /= s
+        state[f"{attention}.self_attn.in_proj_bias"][2 * dim :] *= s
+        _scale(state, f"{attention}.self_attn.out_proj", s, ("bias",))
+        ffn = f"{COLOR}.transformer_ffn_layers.{i}"
+        _scale(state, f"{ffn}.linear1", 1 / s, ("weight",))
+        _scale(state, f"{ffn}.linear2", s)
+        for prefix in (cross, attention, ffn):
+            _scale(state, f"{prefix}.norm", s)
+
+
+def _stress_attention(state: dict, factors: dict, model: DDColor) -> None:
+    """Per attention: q up and k down (logits unchanged), v up and out_proj's input weights down."""
+    for (prefix, part), s in factors.items():
+        weight, bias = state[f"{prefix}.in_proj_weight"], state[f"{prefix}.in_proj_bias"]
+        dim = weight.shape[1]
+        if part == "q":
+            for tensor in (weight, bias):
+                tensor[:dim] *= s
+                tensor[dim : 2 * dim] /= s
+        else:
+            for tensor in (weight, bias):
+                tensor[2 * dim :] *= s
+            state[f"{prefix}.out_proj.weight"] /= s
+
+
+def _stress_ffn(state: dict, factors: dict, model: DDColor) -> None:
+    """Each FFN's hidden layer up, linear2 down (ReLU keeps the product)."""
+    for i, s in factors.items():
+        ffn = f"{COLOR}.transformer_ffn_layers.{i}"
+        _scale(state, f"{ffn}.linear1", s)
+        _scale(state, f"{ffn}.linear2", 1 / s, ("weight",))
+
+
+def _stress_color_embed(state: dict, factors: dict, model: DDColor) -> None:
+    """The decoder norm's output and each hidden layer of the color embedding up, the next layer down."""
+    for site, s in factors.items():
+        first = f"{COLOR}.decoder_norm" if site == "norm" else f"{COLOR}.color_embed.layers.{site}"
+        _scale(state, first, s)
+        _scale(state, f"{COLOR}.color_embed.layers.{0 if site == 'norm' else site + 1}", 1 / s, ("weight",))
+
+
+def _stress_overflow(state: dict, factors: dict, model: DDColor) -> None:
+    """The first scale's cross-attention memory up, the key and value weights reading it down. The
+    position encoding added to the memory keeps its scale, so no exact rescaling brings the memory back
+    and the FP32 output changes (keys lose most of their position term), but stays as well-conditioned
+    as the calibrated one's."""
+    s = factors[0]
+    dim = model.config.hidden_dim
+    _scale(state, f"{COLOR}.input_proj.0", s)
+    for i in range(0, model.config.dec_layers, model.config.num_scales):
+        state[f"{COLOR}.transformer_cross_attention_layers.{i}.multihead_attn.in_proj_weight"][dim:] /= s
+
+
+_WRITERS = {
+    **{recipe: _stress_stream for recipe in STREAM_RECIPES},
+    "taps": _stress_taps,
+    "concat": _stress_concat,
+    "pixel_features": _stress_pixel_features,
+    "head": _stress_head,
+    "queries": _stress_queries,
+    "attention": _stress_attention,
+    "ffn": _stress_ffn,
+    "color_embed": _stress_color_embed,
+    "overflow": _stress_overflow,
+}
 
 
 def _spectral_triplet(weight: Tensor, generator: torch.Generator, iterations: int = 200) -> tuple[Tensor, Tensor, Tensor]:
