@@ -209,7 +209,7 @@ class MultiheadAttention(nn.Module):
             for r in range(0, len_q, rows):
                 with autocast_off(q.device):
                     scores = q[:, h, r : r + rows].float() @ keys
-                    if torch.is_grad_enabled():  # autograd needs the logits and the softmax both
+                    if torch.is_grad_enabled():  # in place would overwrite what autograd saved
                         scores = scores.softmax(dim=-1)
                     else:  # softmax, in place
                         scores -= scores.amax(dim=-1, keepdim=True)

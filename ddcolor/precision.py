@@ -222,8 +222,11 @@ def training_precision(requested: str, device: torch.device | str) -> str:
         return "bf16" if device.type == "cpu" and cpu_bf16_units() else "fp32"
     if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; choose fp16 or fp32")
-    if requested != "fp32" and device.type == "cpu" and not cpu_bf16_units():
-        log.warning("ddcolor: this CPU has no native half-precision units; %s training is emulated and slow", requested)
+    if device.type == "cpu" and requested == "fp16":
+        # PyTorch has no fast fp16 convolution backward on CPUs.
+        log.warning("ddcolor: fp16 training on a CPU is very slow; choose auto, bf16 or fp32")
+    elif device.type == "cpu" and requested == "bf16" and not cpu_bf16_units():
+        log.warning("ddcolor: this CPU has no native bf16 units; bf16 training is emulated and slow")
     return requested
 
 

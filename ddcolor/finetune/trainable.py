@@ -18,12 +18,14 @@ layout the way the original trains it:
   layer and each group of the head's sub-pixels in the backward pass instead
   of keeping their activations.
 
-The ConvNeXt MLPs are not rebalanced for half precision
-(``convnext.Block.balance_for_half``): under autocast the weights stay FP32
-and are cast per op, the tensors that carry a checkpoint's large scales (the
-stream, its writers, the layer scales) stay FP32, and the optimizer sees the
-checkpoint's own parameters, as the original trains them; frozen tensors are
-then exported exactly as loaded.
+The ConvNeXt MLPs are not rebalanced for half precision as inference does
+(``convnext.Block.balance_for_half``): the optimizer sees the checkpoint's own
+parameters, as the original trains them, fp32 and mixed-precision runs train
+the same parameters, and frozen tensors are exported exactly as loaded. Under
+autocast the tensors that carry a checkpoint's large scales (the stream, its
+writers, the layer scales) stay FP32, which keeps the stress checkpoints
+finite in fp16 (tests/test_finetune_model.py); a checkpoint that put such
+scales into the MLP weights themselves would give a non-finite loss at once.
 
 ``published_state_dict`` turns the model back into the published layout,
 adapters merged into their weights, and ``save_checkpoint`` writes it.
@@ -45,7 +47,6 @@ from ..layers import Linear, MultiheadAttention, autocast_off
 from ..model import DDColor, DDColorConfig
 from .config import TRAIN_CHOICES
 
-SPECTRAL_SUFFIXES = ("_orig", "_u", "_v")
 # torch.nn.utils.spectral_norm's defaults, which the original uses.
 SPECTRAL_EPS = 1e-12
 
@@ -155,7 +156,7 @@ def trainable_model(
         raise ValueError(f"train must be one of {', '.join(TRAIN_CHOICES)}; got {train!r}")
     if train == "lora" and rank < 1:
         raise ValueError(f"the LoRA rank must be a positive integer; got {rank}")
-    passthrough = {k: v.detach().clone() for k, v in state.items() if k in IGNORED_KEYS}
+    passthrough = {k.removeprefix("module."): v.clone() for k, v in state.items() if k.removeprefix("module.") in IGNORED_KEYS}
     state = {k: v.detach().clone() for k, v in network_tensors(state).items()}
     config = config_from_state_dict(state, source)
     spectral = sorted(k[: -len(".weight_orig")] for k in state if k.endswith(".weight_orig"))
