@@ -9,12 +9,18 @@ The classic mappings below are what every ComfyUI release loads (a module that
 exports them has any V3 ``comfy_entrypoint`` ignored).
 """
 
-from .nodes.colorize import DISPLAY_NAME, NODE_NAME, DDColorColorize
+from .nodes import colorize, finetune
 from .nodes.models import register_models_folder
 
 register_models_folder()
 
-NODE_CLASS_MAPPINGS = {NODE_NAME: DDColorColorize}
-NODE_DISPLAY_NAME_MAPPINGS = {NODE_NAME: DISPLAY_NAME}
+NODE_CLASS_MAPPINGS = {
+    colorize.NODE_NAME: colorize.DDColorColorize,
+    finetune.NODE_NAME: finetune.DDColorFinetune,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    colorize.NODE_NAME: colorize.DISPLAY_NAME,
+    finetune.NODE_NAME: finetune.DISPLAY_NAME,
+}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -24,6 +24,7 @@ colorize_module = sys.modules[f"{pack.__name__}.nodes.colorize"]
 engine = sys.modules[f"{pack.__name__}.ddcolor"]
 
 NODE = "DDColor-ddcolorize"
+FINETUNE = "DDColor-finetune"
 PUBLISHED_NAMES = ["ddcolor_modelscope", "ddcolor_artistic", "ddcolor_paper", "ddcolor_paper_tiny"]
 
 
@@ -64,8 +65,8 @@ def test_pack_import_is_fast_and_has_no_side_effects(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout.splitlines()[-1])
-    assert facts["nodes"] == [NODE]
-    assert facts["display"] == {NODE: "DDColor Colorize"}
+    assert facts["nodes"] == [NODE, FINETUNE]
+    assert facts["display"] == {NODE: "DDColor Colorize", FINETUNE: "DDColor Fine-tune"}
     # Not ComfyUI's top-level `nodes`, no ComfyUI module, and no downloader until a download happens.
     assert facts["modules"] == []
     # What makes an import slow is importing heavy libraries (video, clusters,
@@ -290,24 +291,28 @@ def load_locale(lang: str, name: str = "nodeDefs.json") -> dict:
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
-def test_locale_covers_the_node(lang, node_class):
-    entry = load_locale(lang)[NODE]
+@pytest.mark.parametrize("node", pack.NODE_CLASS_MAPPINGS)
+def test_locale_covers_the_node(lang, node):
+    entry, node_class = load_locale(lang)[node], pack.NODE_CLASS_MAPPINGS[node]
     assert entry["display_name"] and entry["description"]
     declared = {name for section in node_class.INPUT_TYPES().values() for name in section}
     assert set(entry["inputs"]) == declared
     for name, texts in entry["inputs"].items():
         assert texts["name"] and texts["tooltip"], f"{lang}: {name}"
-    assert set(entry["outputs"]) == {"0"} and entry["outputs"]["0"]["tooltip"]
+    assert set(entry["outputs"]) == {str(i) for i in range(len(node_class.RETURN_TYPES))}
+    assert all(output["tooltip"] for output in entry["outputs"].values())
 
 
-def test_english_locale_matches_the_node(node_class):
-    entry = load_locale("en")[NODE]
-    assert entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[NODE]
+@pytest.mark.parametrize("node", pack.NODE_CLASS_MAPPINGS)
+def test_english_locale_matches_the_node(node):
+    entry, node_class = load_locale("en")[node], pack.NODE_CLASS_MAPPINGS[node]
+    assert entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[node]
     assert entry["description"] == node_class.DESCRIPTION
     for section in node_class.INPUT_TYPES().values():
         for name, declaration in section.items():
             assert entry["inputs"][name] == {"name": name, "tooltip": declaration[1]["tooltip"]}
-    assert entry["outputs"]["0"] == {"name": "image", "tooltip": node_class.OUTPUT_TOOLTIPS[0]}
+    for index, (name, tooltip) in enumerate(zip(node_class.RETURN_NAMES, node_class.OUTPUT_TOOLTIPS)):
+        assert entry["outputs"][str(index)] == {"name": name, "tooltip": tooltip}
 
 
 def test_chinese_locale_is_translated():
