@@ -206,7 +206,7 @@ def in_widget_terms(message: str) -> str:
 
 def _refusal(error: Exception, config) -> str:
     message = in_widget_terms(str(error))
-    if config.resume:  # the library names --resume: here a kept snapshot is continued by itself
+    if config.resume and message.startswith("--resume"):  # here a kept snapshot is continued by itself
         return (
             f"{config.files().snapshot} holds a stopped run of {Path(config.output).name} that these inputs cannot continue "
             f"({message.removeprefix('--resume: ')}). Queue it with the same photos and settings to continue it, "
