@@ -230,6 +230,7 @@ def main(argv=None) -> None:
     parser.add_argument("--large-rows", nargs="*", default=["bf16 lora on"], metavar="'PRECISION TRAIN CKPT'",
                         help="DDColor-L rows besides the fp32 baseline (default: 'bf16 lora on')")
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS, help="limit the grid")
+    parser.add_argument("--trains", nargs="+", default=list(TRAINS), choices=TRAINS, help="limit the grid")
     parser.add_argument("--row", nargs=4, metavar=("VARIANT", "PRECISION", "TRAIN", "CHECKPOINTING"), help=argparse.SUPPRESS)
     parser.add_argument("--markdown", type=Path, help="append the table to this file")
     parser.add_argument("--json", type=Path, help="write the rows to this file")
@@ -244,7 +245,7 @@ def main(argv=None) -> None:
           "perceptual loss off, each row a fresh process", flush=True)
     rows = []
     for variant, precision, train, checkpointing in grid(args):
-        if precision not in args.precisions:
+        if precision not in args.precisions or train not in args.trains:
             continue
         row = fresh_process_row(args, variant, precision, train, checkpointing)
         rows.append(row)
