@@ -11,12 +11,12 @@ versioned node API the pack exports ``comfy_entrypoint`` only; elsewhere
 would ignore the entry point of a pack that exported both.
 """
 
-from .nodes import colorize, colorize_video
+from .nodes import colorize, colorize_video, finetune
 from .nodes.models import register_models_folder
 from .nodes.schema import classic_mappings, versioned_api, versioned_entrypoint
 
 # Every node of the pack, in the order ComfyUI lists them: adding a node is one line here.
-NODES = [colorize.NODE, colorize_video.NODE]
+NODES = [colorize.NODE, colorize_video.NODE, finetune.NODE]
 
 register_models_folder()
 

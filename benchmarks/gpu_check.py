@@ -20,6 +20,15 @@ Phases, in this order (the budget cuts the last ones first):
   fp16 and bf16, and through the original in fp32 and under fp16 autocast:
   finite, mean / max |ab - ab_fp32| and the colorfulness change, each against
   its own implementation's fp32; plus ours against the original in fp32.
+* training: fine-tuning steps (``benchmarks/bench_finetune.measure_training``:
+  the paper's losses without the perceptual term, whose VGG16-bn weights are
+  not on an offline host) for each variant, precision (fp16 with loss
+  scaling, bf16, fp32), what is trained (all, decoder, lora) and gradient
+  checkpointing, at each size and batch: median seconds per step and peak
+  ``max_memory_allocated`` (and reserved) over the steps after a warm-up.
+  DDColor-L in fp16 first: the goal "DDColor-L fine-tunes at 512, batch 2, in
+  under 6 GiB in fp16" is checked on those rows. The whole grid takes longer
+  than one run's budget; run it on its own with ``--phases training``.
 
 Inputs: ``--photos DIR`` (default ../shared/fixtures); where it holds no
 photos, generated scenes (``tests.calibrated.calibration_images``). The JSON and
@@ -74,10 +83,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import ddcolor  # noqa: E402
+from benchmarks.bench_finetune import CHECKPOINTING, TRAINS, measure_training  # noqa: E402
 from tests import calibrated  # noqa: E402
 from tests.test_precision import colorfulness_of, fixture_inputs  # noqa: E402
 
-PHASES = ("latency", "throughput", "numerics")
+PHASES = ("latency", "throughput", "numerics", "training")
 # One model load each: the original holds fp32 weights for both of its runs.
 LATENCY_RUNS = (("ours", ("fp32",)), ("ours", ("fp16",)), ("ours", ("bf16",)), ("original", ("fp32", "fp16")))
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -369,6 +379,51 @@ def compare(x: torch.Tensor, ab: torch.Tensor, reference: torch.Tensor) -> dict:
     return result
 
 
+TRAINING_PRECISIONS = ("fp16", "bf16", "fp32")
+TRAINING_GOAL = {"variant": "large", "precision": "fp16", "size": 512, "batch": 2, "limit_bytes": 6 * 2**30}
+
+
+def run_training(args, inputs: Inputs, budget: Budget, report: dict) -> None:
+    """Every configuration of the grid, DDColor-L in fp16 first (the goal's rows)."""
+    shapes = [(size, batch) for size in args.train_sizes for batch in args.train_batches]
+    for variant in args.train_variants:
+        path = timed_build(variant, None, args, report)
+        for precision in args.train_precisions:
+            for train in args.trains:
+                for checkpointing in args.checkpointing:
+                    what = f"training {variant} {precision} {train} checkpointing {checkpointing}"
+                    if not budget.allows(what):
+                        continue
+                    with budget.unit(what):
+                        torch.manual_seed(0)  # LoRA's adapters start from torch's generator
+
+                        def show(row, variant=variant):
+                            row["variant"] = variant
+                            report["training"].append(row)
+                            print(f"  {what} {row['size']} batch {row['batch']}: {describe(row)}", flush=True)
+
+                        measure_training(path, device=args.device, precision=precision, train=train,
+                                         checkpointing=CHECKPOINTING[checkpointing], shapes=shapes,
+                                         steps=args.train_steps, on_row=show)
+                    release(args.device)
+
+
+def training_goal(rows: list[dict]) -> str | None:
+    """The goal's verdict over the rows that measure it; None when none does."""
+    goal = TRAINING_GOAL
+    measured = [r for r in rows if all(r.get(k) == goal[k] for k in ("variant", "precision", "size", "batch"))
+                and r.get("peak_allocated_bytes") is not None]
+    if not measured:
+        return None
+    limit = goal["limit_bytes"]
+    fits = [r for r in measured if r["peak_allocated_bytes"] < limit]
+    names = lambda rs: ", ".join(f"{r['train']}{' + checkpointing' if r['checkpointing'] else ''} ({gib(r['peak_allocated_bytes'])})" for r in rs)
+    verdict = "met" if fits else "NOT met"
+    return (f"Goal: DDColor-L fine-tunes at 512, batch 2, in under {limit / 2**30:.0f} GiB in fp16 (peak allocated; the CUDA "
+            f"context, a few hundred MiB, comes on top): {verdict}. Under: {names(fits) or 'none'}; over: "
+            f"{names([r for r in measured if r not in fits]) or 'none'}.")
+
+
 def timed_build(variant: str, recipe: str | None, args, report: dict) -> Path:
     """The checkpoint's path; a build (not a cache hit) is recorded with its time."""
     start = time.perf_counter()
@@ -496,6 +551,21 @@ def markdown(report: dict) -> str:
             )
             lines.append(f"| {r['variant']} | {r['checkpoint']} | {r['run']} | {r['reference']} | {finite} {numbers} |")
         lines.append("")
+    if report["training"]:
+        lines += [
+            f"## Fine-tuning steps (perceptual loss off; median of {s['train_steps']} after a warm-up)",
+            "",
+            "| variant | precision | train | checkpointing | size | batch | s/step | peak allocated | peak reserved | skipped |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in report["training"]:
+            head = f"| {r['variant']} | {r['precision']} | {r['train']} | {'on' if r['checkpointing'] else 'off'} | {r['size']} | {r['batch']} |"
+            if "error" in r:
+                lines.append(f"{head} {r['error']} | | | |")
+            else:
+                lines.append(f"{head} {r['seconds_per_step']:.3f} | {gib(r.get('peak_allocated_bytes'))} | "
+                             f"{gib(r.get('peak_reserved_bytes'))} | {r['skipped']} |")
+        lines += ["", training_goal(report["training"]) or "Goal (DDColor-L, fp16, 512, batch 2, under 6 GiB): not measured in this run.", ""]
     built = ", ".join(f"{c['variant']} {c['checkpoint']} {c['seconds']:.0f} s" for c in report["checkpoints"])
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in report["phase_seconds"].items())
     lines += [f"Phase times (checkpoint builds included): {phases}; total {report['total_seconds']:.0f} s."]
@@ -545,6 +615,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=("tiny", "large"), help="numerics variants (default tiny large)")
     parser.add_argument("--recipes", nargs="*", help=f"stress recipes for numerics (default all: {', '.join(stress_recipes())})")
     parser.add_argument("--latency-variant", choices=("tiny", "large"), help="variant for latency and throughput (default large)")
+    parser.add_argument("--train-variants", nargs="+", choices=("tiny", "large"), help="training variants (default large tiny)")
+    parser.add_argument("--train-sizes", nargs="+", type=int, help="training crop sizes (default 256 512)")
+    parser.add_argument("--train-batches", nargs="+", type=int, help="training batch sizes (default 1 2 4 8)")
+    parser.add_argument("--train-precisions", nargs="+", choices=TRAINING_PRECISIONS, help="default fp16 bf16 fp32")
+    parser.add_argument("--trains", nargs="+", choices=TRAINS, help="what is trained (default all decoder lora)")
+    parser.add_argument("--checkpointing", nargs="+", choices=tuple(CHECKPOINTING), help="gradient checkpointing (default off on)")
+    parser.add_argument("--train-steps", type=int, help="timed training steps after one warm-up (default 3)")
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {
@@ -556,6 +633,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         # Quick: the one recipe the test suite builds anyway (tests/conftest.py).
         "recipes": ["blocks"] if quick else list(stress_recipes()),
         "latency_variant": "tiny" if quick else "large",
+        "train_variants": ["tiny"] if quick else ["large", "tiny"],
+        "train_sizes": [64] if quick else [256, 512],
+        "train_batches": [2] if quick else [1, 2, 4, 8],
+        # Quick: the loss-scaled path with LoRA and checkpointing, and the plain one.
+        "train_precisions": ["fp16", "fp32"] if quick else list(TRAINING_PRECISIONS),
+        "trains": ["lora"] if quick else list(TRAINS),
+        "checkpointing": ["on"] if quick else list(CHECKPOINTING),
+        "train_steps": 1 if quick else 3,
     }
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -597,12 +682,17 @@ def main(argv=None) -> dict:
             "numerics_size": args.numerics_size,
             "throughput_size": args.throughput_size,
             "budget_s": args.budget,
+            "train_variants": args.train_variants,
+            "train_sizes": args.train_sizes,
+            "train_batches": args.train_batches,
+            "train_steps": args.train_steps,
         },
         "inputs": inputs.description,
         "checkpoints": [],
         "latency": [],
         "throughput": [],
         "numerics": [],
+        "training": [],
         "phase_seconds": {},
         "skipped": [],
         "errors": [],
@@ -611,7 +701,7 @@ def main(argv=None) -> dict:
     print(f"Machine: {machine_line(report['machine'])}", flush=True)
     print(f"Inputs: {inputs.description['source']} from {args.photos}; results to {args.out}", flush=True)
     budget = Budget(args.budget, report)
-    runners = {"latency": run_latency, "throughput": run_throughput, "numerics": run_numerics}
+    runners = {"latency": run_latency, "throughput": run_throughput, "numerics": run_numerics, "training": run_training}
     for phase in (p for p in PHASES if p in args.phases):
         if not budget.allows(phase):
             continue

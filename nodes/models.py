@@ -59,12 +59,15 @@ def locate_checkpoint(
     choice: str,
     folders: Sequence[str | os.PathLike],
     download_progress: Callable[[int, int], None] | None = None,
+    *,
+    fetch: bool = True,
 ) -> Path:
     """The file behind a ``model`` widget value, downloading a published one if it is missing.
 
     ``folders`` are ComfyUI's ddcolor folders, first one first; a missing
-    published checkpoint is downloaded into the first. Raises FileNotFoundError
-    naming the folders, or ``ddcolor.DownloadError`` naming the URL.
+    published checkpoint is downloaded into the first (``fetch=False``: only its
+    path there). Raises FileNotFoundError naming the folders, or
+    ``ddcolor.DownloadError`` naming the URL.
     """
     folders = [Path(f) for f in folders]
     if not folders:
@@ -77,6 +80,8 @@ def locate_checkpoint(
     for folder in folders:
         if (folder / filename).is_file():
             return folder / filename
+    if entry and not fetch:
+        return folders[0] / filename
     if entry:
         log.info("ddcolor: %s is not in %s; downloading %s", filename, folders[0], entry.url())
         return download(entry.name, folders[0], progress=download_progress)

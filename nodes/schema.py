@@ -144,7 +144,10 @@ def versioned_node(spec: NodeSpec, io) -> type:
         )
 
     def execute(cls, **inputs):
-        return io.NodeOutput(*spec.function(**inputs))
+        result = spec.function(**inputs)
+        if isinstance(result, dict):  # a classic node's {"ui": ..., "result": (...)}
+            return io.NodeOutput(*result["result"], ui=result.get("ui"))
+        return io.NodeOutput(*result)
 
     return type(spec.class_name, (io.ComfyNode,), {
         "__module__": spec.function.__module__,

@@ -5,7 +5,7 @@
 ``comfy_api.input_impl`` (the VIDEO classes), ``comfy_api.util`` and
 ``folder_paths`` into ``sys.modules`` (monkeypatch removes them after the
 test), so the nodes run their real code paths in CI without a ComfyUI
-checkout. ComfyUI's temp folder is ``models_dir``'s grandparent's ``temp/``. Each stand-in does what the node relies on and no more;
+checkout. ComfyUI's temp and output folders are ``models_dir``'s grandparent's ``temp/`` and ``output/``. Each stand-in does what the node relies on and no more;
 tests/test_e2e_comfyui.py checks the same behaviour against the real ComfyUI.
 """
 
@@ -89,6 +89,9 @@ def install(monkeypatch, models_dir: Path) -> ComfyRecord:
     def interrupt_current_processing(value=True):
         record.interrupted = value
 
+    def processing_interrupted():
+        return record.interrupted
+
     class LoadedModel:
         def __init__(self, model):
             self.model = model
@@ -101,6 +104,8 @@ def install(monkeypatch, models_dir: Path) -> ComfyRecord:
 
     mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
     mm.interrupt_current_processing = interrupt_current_processing
+    mm.processing_interrupted = processing_interrupted
+    mm.unload_all_models = lambda: record.calls.append(("unload_all_models",))
     mm.LoadedModel = LoadedModel
     mm.load_models_gpu = load_models_gpu
     mm.free_memory = free_memory
@@ -136,6 +141,7 @@ def install(monkeypatch, models_dir: Path) -> ComfyRecord:
     folder_paths = ModuleType("folder_paths")
     folder_paths.models_dir = str(models_dir.parent)
     folder_paths.get_temp_directory = lambda: str(models_dir.parent.parent / "temp")
+    folder_paths.get_output_directory = lambda: str(models_dir.parent.parent / "output")
     folders: dict[str, list[str]] = {"ddcolor": [str(models_dir)]}
     folder_paths.get_folder_paths = lambda name: list(folders.get(name, []))
     folder_paths.add_model_folder_path = lambda name, path, is_default=False: folders.setdefault(name, []).insert(0, path)

@@ -53,10 +53,12 @@ NODE = "DDColor-ddcolorize"
 VIDEO_NODE = "DDColor-colorize-video"
 PRESETS = {"ddcolor_person": ("einstein.png", 640), "ddcolor_building": ("ny_riverfront_1931.jpg", 1024)}
 VIDEO = "ddcolor_video"
+FINETUNE = "DDColor-finetune"
 # Every UI preset (drag-and-drop, template browser) and the API twin it queues as.
 UI_PRESETS = {
     "ddcolor_person": "ddcolor_person", "ddcolor_building": "ddcolor_building", VIDEO: VIDEO,
     "DDColor人物黑白修复": "ddcolor_person", "DDColor建筑黑白修复": "ddcolor_building", "DDColor视频上色": VIDEO,
+    "ddcolor_finetune": "ddcolor_finetune", "DDColor微调训练": "ddcolor_finetune",
 }
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -239,6 +241,55 @@ def test_presets_are_listed_as_templates(comfy):
 
 
 # ----------------------------------------------------------------------------- running prompts
+
+
+def finetune_prompt(comfy, file_name: str, steps: int) -> dict:
+    """The fine-tuning preset, small: two fixture color photos in input/ddcolor_training, 64 px, fp32, no perceptual loss."""
+    folder = comfy.base / "input" / "ddcolor_training"
+    folder.mkdir(exist_ok=True)
+    for name in ("haze.jpg", "lr-face.jpg"):
+        shutil.copy(FIXTURES / name, folder / name)
+    prompt = api_preset("ddcolor_finetune")
+    prompt["2"]["inputs"].update(steps=steps, batch=2, size=64, precision="fp32", perceptual=False, file_name=file_name)
+    prompt["4"]["inputs"]["image"] = "einstein.png"
+    prompt["5"]["inputs"]["size"] = 256
+    return prompt
+
+
+def test_finetune_preset_trains_plots_and_the_next_queue_colorizes_with_the_new_model(comfy):
+    prompt = finetune_prompt(comfy, "e2e_tuned.pth", steps=2)
+    client = uuid.uuid4().hex
+    with comfy.messages(client) as messages:
+        entry = comfy.wait(comfy.queue(prompt, client_id=client), timeout=900)
+        time.sleep(0.5)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert (comfy.base / "models" / "ddcolor" / "e2e_tuned.pth").is_file()
+    progress = [m["data"] for m in messages if m["type"] == "progress" and m["data"].get("node") == "2"]
+    assert progress[-1]["value"] == progress[-1]["max"] == 2
+    (graph,) = comfy.output_files({"outputs": {"3": entry["outputs"]["3"]}})  # Plot Loss Graph's PNG
+    assert Image.open(graph).size == (840, 520)
+    assert {image["filename"] for image in entry["outputs"]["2"]["images"]} == {"e2e_tuned_validation.png", "e2e_tuned_loss.png"}
+    # Listed by DDColor Colorize; the same prompt with it chosen colorizes without training again.
+    assert "e2e_tuned.pth" in comfy.get(f"/object_info/{NODE}")[NODE]["input"]["optional"]["model"][0]
+    prompt["5"]["inputs"]["model"] = "e2e_tuned.pth"
+    assert run(comfy, prompt)["status"]["status_str"] == "success"
+    assert comfy.log().count("ddcolor finetune: wrote ") == 1
+
+
+def test_cancel_stops_finetuning_and_keeps_the_snapshot(comfy):
+    prompt = finetune_prompt(comfy, "e2e_cancelled.pth", steps=200)
+    client = uuid.uuid4().hex
+    with comfy.messages(client) as messages:
+        prompt_id = comfy.queue(prompt, client_id=client)
+        deadline = time.monotonic() + 600
+        while not any(m["type"] == "progress" and m["data"].get("node") == "2" for m in messages):
+            assert time.monotonic() < deadline, "no progress from the fine-tune node"
+            time.sleep(0.05)
+        comfy.post("/interrupt")
+        entry = comfy.wait(prompt_id)
+    assert status_message(entry, "execution_interrupted")["node_id"] == "2"
+    assert (comfy.base / "output" / "ddcolor_finetune" / "e2e_cancelled_snapshot.pt").is_file()
+    assert not (comfy.base / "models" / "ddcolor" / "e2e_cancelled.pth").exists()
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -774,11 +825,11 @@ def test_frontend_widgets_follow_the_contract_rules(comfy, browser):
                 return [t, (node.widgets || []).map(w => w.name)];
             }))""",
             ["LoadImage", "SaveImage", "PreviewImage", "ImageStitch", "Note", NODE, VIDEO_NODE,
-             "LoadVideo", "GetVideoComponents", "CreateVideo", "SaveVideo"],
+             "LoadVideo", "GetVideoComponents", "CreateVideo", "SaveVideo", FINETUNE, "LoadImageSetFromFolderNode", "LossGraphNode"],
         )
     finally:
         page.close()
-    specs = {**core_specs(), **{name: spec_from_object_info(name, comfy.get(f"/object_info/{name}")[name]) for name in (NODE, VIDEO_NODE)}}
+    specs = {**core_specs(), **{name: spec_from_object_info(name, comfy.get(f"/object_info/{name}")[name]) for name in (NODE, VIDEO_NODE, FINETUNE)}}
     for kind, widget_names in names.items():
         assert widget_names == [name for name, _ in specs[kind].widgets()], kind
 

@@ -22,7 +22,7 @@ def test_quick_run_on_a_cpu_writes_a_complete_report(tmp_path, monkeypatch):
     with_original = gpu_check.original_available() is None
 
     assert report["errors"] == [] and report["skipped"] == []
-    assert set(report["phase_seconds"]) == {"latency", "throughput", "numerics"}
+    assert set(report["phase_seconds"]) == {"latency", "throughput", "numerics", "training"}
     assert {"device", "torch", "cpu"} <= set(report["machine"]) and report["machine"]["device"] == "cpu"
     has_photos = any(p.suffix.lower() in (".png", ".jpg", ".jpeg") for p in FIXTURES.glob("*"))
     assert report["inputs"]["source"] == ("photos" if has_photos else "generated scenes (tests.calibrated.calibration_images)")
@@ -56,3 +56,27 @@ def test_quick_run_on_a_cpu_writes_a_complete_report(tmp_path, monkeypatch):
 
     assert "## Latency and peak memory" in table and "## Throughput" in table and "## Half precision against fp32" in table
     assert table.count("| tiny | blocks |") == len(runs)
+
+    # Fine-tuning steps: the loss-scaled fp16 path and fp32, LoRA with checkpointing; no CUDA, so no VRAM peak.
+    training = {(r["precision"], r["train"], r["checkpointing"]): r for r in report["training"]}
+    assert set(training) == {("fp16", "lora", True), ("fp32", "lora", True)}
+    for key, row in training.items():
+        assert (row["variant"], row["size"], row["batch"], row["steps"]) == ("tiny", 64, 2, 1), key
+        assert is_number(row["seconds_per_step"]) and row["seconds_per_step"] > 0 and is_number(row["last_loss"]), key
+        assert row["trained_parameters"] > 0 and "peak_allocated_bytes" not in row, key
+    assert "## Fine-tuning steps" in table and table.count("| tiny | fp16 | lora | on | 64 | 2 |") == 1
+    assert "Goal (DDColor-L, fp16, 512, batch 2, under 6 GiB): not measured in this run." in table
+
+
+def test_the_training_goal_is_judged_on_its_rows():
+    from benchmarks import gpu_check
+
+    def row(train, checkpointing, gib, **changes):
+        return {"variant": "large", "precision": "fp16", "size": 512, "batch": 2, "train": train,
+                "checkpointing": checkpointing, "peak_allocated_bytes": int(gib * 2**30), **changes}
+
+    assert gpu_check.training_goal([row("all", False, 9.0, size=256)]) is None  # no row measures the goal
+    verdict = gpu_check.training_goal([row("all", False, 7.5), row("lora", True, 3.2), row("all", True, 5.9, batch=4)])
+    assert verdict.startswith("Goal: DDColor-L fine-tunes at 512, batch 2, in under 6 GiB in fp16")
+    assert ": met. Under: lora + checkpointing (3.20 GiB); over: all (7.50 GiB)." in verdict
+    assert "NOT met" in gpu_check.training_goal([row("all", False, 6.5)])

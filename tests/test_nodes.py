@@ -27,7 +27,8 @@ engine = sys.modules[f"{pack.__name__}.ddcolor"]
 
 NODE = "DDColor-ddcolorize"
 VIDEO_NODE = "DDColor-colorize-video"
-NODES = {NODE: "DDColor Colorize", VIDEO_NODE: "DDColor Colorize Video"}
+FINETUNE = "DDColor-finetune"
+NODES = {NODE: "DDColor Colorize", VIDEO_NODE: "DDColor Colorize Video", FINETUNE: "DDColor Fine-tune"}
 PUBLISHED_NAMES = ["ddcolor_modelscope", "ddcolor_artistic", "ddcolor_paper", "ddcolor_paper_tiny"]
 
 
@@ -327,28 +328,28 @@ def load_locale(lang: str, name: str = "nodeDefs.json") -> dict:
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
-@pytest.mark.parametrize("name", NODES)
-def test_locale_covers_the_node(lang, name):
-    node_class = pack.NODE_CLASS_MAPPINGS[name]
-    entry = load_locale(lang)[name]
+@pytest.mark.parametrize("node", NODES)
+def test_locale_covers_the_node(lang, node):
+    entry, node_class = load_locale(lang)[node], pack.NODE_CLASS_MAPPINGS[node]
     assert entry["display_name"] and entry["description"]
     declared = {name for section in node_class.INPUT_TYPES().values() for name in section}
     assert set(entry["inputs"]) == declared
-    for input_name, texts in entry["inputs"].items():
-        assert texts["name"] and texts["tooltip"], f"{lang}: {input_name}"
-    assert set(entry["outputs"]) == {"0"} and entry["outputs"]["0"]["tooltip"]
+    for name, texts in entry["inputs"].items():
+        assert texts["name"] and texts["tooltip"], f"{lang}: {name}"
+    assert set(entry["outputs"]) == {str(i) for i in range(len(node_class.RETURN_TYPES))}
+    assert all(output["tooltip"] for output in entry["outputs"].values())
 
 
-@pytest.mark.parametrize("name", NODES)
-def test_english_locale_matches_the_node(name):
-    node_class = pack.NODE_CLASS_MAPPINGS[name]
-    entry = load_locale("en")[name]
-    assert entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[name]
+@pytest.mark.parametrize("node", NODES)
+def test_english_locale_matches_the_node(node):
+    entry, node_class = load_locale("en")[node], pack.NODE_CLASS_MAPPINGS[node]
+    assert entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[node]
     assert entry["description"] == node_class.DESCRIPTION
     for section in node_class.INPUT_TYPES().values():
-        for input_name, declaration in section.items():
-            assert entry["inputs"][input_name] == {"name": input_name, "tooltip": declaration[1]["tooltip"]}
-    assert entry["outputs"]["0"] == {"name": node_class.RETURN_NAMES[0], "tooltip": node_class.OUTPUT_TOOLTIPS[0]}
+        for name, declaration in section.items():
+            assert entry["inputs"][name] == {"name": name, "tooltip": declaration[1]["tooltip"]}
+    for index, (name, tooltip) in enumerate(zip(node_class.RETURN_NAMES, node_class.OUTPUT_TOOLTIPS)):
+        assert entry["outputs"][str(index)] == {"name": name, "tooltip": tooltip}
 
 
 @pytest.mark.parametrize("name", NODES)

@@ -35,9 +35,12 @@ UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
 PRESETS = {"ddcolor_person": 640, "ddcolor_building": 1024}  # photo presets and their size
 VIDEO = "ddcolor_video"
+FINETUNE = "ddcolor_finetune"
+FINETUNE_NODE = "DDColor-finetune"
 # Chinese twins of the UI presets (named as Chinese users search for them): same graph, notes in Chinese.
 # Their API twin is the English preset's: the notes never reach an API prompt.
-CHINESE_TWINS = {"DDColor人物黑白修复": "ddcolor_person", "DDColor建筑黑白修复": "ddcolor_building", "DDColor视频上色": VIDEO}
+CHINESE_TWINS = {"DDColor人物黑白修复": "ddcolor_person", "DDColor建筑黑白修复": "ddcolor_building", "DDColor视频上色": VIDEO,
+                 "DDColor微调训练": FINETUNE}
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
@@ -65,8 +68,8 @@ def nodes_of(workflow: dict, kind: str) -> list[dict]:
 
 
 def test_the_presets_exist():
-    assert {p.stem for p in UI_FILES} == {*PRESETS, VIDEO, *CHINESE_TWINS}
-    assert {p.stem for p in API_FILES} == {*PRESETS, VIDEO}
+    assert {p.stem for p in UI_FILES} == {*PRESETS, VIDEO, FINETUNE, *CHINESE_TWINS}
+    assert {p.stem for p in API_FILES} == {*PRESETS, VIDEO, FINETUNE}
 
 
 # ----------------------------------------------------------------------------- validity
@@ -185,6 +188,49 @@ def test_video_note_says_memory_stays_flat_and_when_to_use_the_image_node():
         assert fact in text, fact
 
 
+# ----------------------------------------------------------------------------- the fine-tuning preset
+
+
+def test_finetune_preset_chain(specs):
+    """Dataset folder -> DDColor Fine-tune -> Plot Loss Graph; a test photo -> DDColor Colorize -> Save Image."""
+    prompt = ui_to_api(load(WORKFLOWS / f"{FINETUNE}.json"), specs)
+    by_type = {n["class_type"]: (node_id, n) for node_id, n in prompt.items()}
+    assert set(by_type) == {"LoadImageSetFromFolderNode", FINETUNE_NODE, "LossGraphNode", "LoadImage", NODE, "SaveImage"}
+    folder_id, folder = by_type["LoadImageSetFromFolderNode"]
+    tune_id, tune = by_type[FINETUNE_NODE]
+    assert tune["inputs"]["images"] == [folder_id, 0]
+    assert by_type["LossGraphNode"][1]["inputs"]["loss"] == [tune_id, 0]
+    # Plot Loss Graph writes to ComfyUI's temp folder without making subfolders: a plain prefix.
+    assert "/" not in by_type["LossGraphNode"][1]["inputs"]["filename_prefix"]
+    # The core loader needs photos of one size: Stretch makes them so without changing colors.
+    assert folder["inputs"] == {"folder": "ddcolor_training", "resize_method": "Stretch"}
+    photo_id, _ = by_type["LoadImage"]
+    colorize_id, colorize = by_type[NODE]
+    assert colorize["inputs"]["image"] == [photo_id, 0] and by_type["SaveImage"][1]["inputs"]["images"] == [colorize_id, 0]
+    assert by_type["SaveImage"][1]["inputs"]["filename_prefix"].startswith("ddcolor/")
+
+
+def test_finetune_preset_settings(specs):
+    (tune,) = nodes_of(load(WORKFLOWS / f"{FINETUNE}.json"), FINETUNE_NODE)
+    values = widget_values_by_name(specs[FINETUNE_NODE], tune["widgets_values"])
+    assert values == {"model": "ddcolor_modelscope", "steps": 500, "batch": 4, "size": 256, "learning_rate": 0.0001,
+                      "precision": "auto", "train": "all", "gradient_checkpointing": False, "seed": 0,
+                      "file_name": "my_ddcolor.pth", "perceptual": True, "overwrite": False}
+
+
+def test_finetune_notes_say_how_to_use_the_new_model_and_what_can_go_wrong():
+    text = note_text(FINETUNE)
+    for fact in ("input/ddcolor_training/", "Stretch", "models/ddcolor/my_ddcolor.pth", "output/ddcolor_finetune/", "Cancel",
+                 "snapshot", "press R", "choose my_ddcolor.pth", "does not train again", "overwrite", "vgg16_bn-6c64b313.pth",
+                 "hub/checkpoints/", "perceptual off", "steps 500, batch 4, size 256", "multiple of 32", "fp16", "bf16", "fp32",
+                 "python -m ddcolor finetune"):
+        assert fact in text, fact
+    zh = note_text("DDColor微调训练")
+    for fact in ("input/ddcolor_training/", "Stretch", "models/ddcolor/my_ddcolor.pth", "output/ddcolor_finetune/", "按 R",
+                 "my_ddcolor.pth", "不会重新训练", "overwrite", "vgg16_bn-6c64b313.pth", "hub/checkpoints/", "python -m ddcolor finetune"):
+        assert fact in zh, fact
+
+
 # ----------------------------------------------------------------------------- the Chinese twins
 
 
@@ -195,6 +241,8 @@ def without_notes(workflow: dict) -> dict:
         if node["type"] == "Note":
             node["widgets_values"] = []
             node.pop("title", None)  # the frontend does not translate "Note"
+    for group in twin.get("groups", []):
+        group["title"] = ""  # group titles are text, like the notes
     return twin
 
 
@@ -216,7 +264,7 @@ def test_chinese_notes_keep_the_numbers_users_act_on(chinese, english):
     if english in PRESETS:
         assert "460-680" in text and "960-1280" in text and f"本预设：{PRESETS[english]}" in text
         assert "没有单独的人物或建筑模型" in text and "只是尺寸不同" in text
-    else:
+    elif english == VIDEO:
         assert f"防闪烁（temporal）= {recommended_strength():g}" in text and "画质（crf）= 18" in text
         assert "内存占用都一样" in text and "不留下任何文件" in text
         assert f"DDColor 上色（防闪烁 {recommended_strength():g}）" in text and "整段" in text and "11 MB" in text

@@ -56,7 +56,8 @@ class NodeSpec:
             widgets.append((i.name, i))
             if i.type == "COMBO" and any(i.options.get(kind) for kind in UPLOAD_OPTIONS):
                 widgets.append(("upload", Input("upload", "IMAGEUPLOAD", True)))
-            if i.type in ("INT", "FLOAT") and (i.options.get("control_after_generate") or i.name in ("seed", "noise_seed")):
+            # As the frontend: the option if given (false turns it off), else by name.
+            if i.type in ("INT", "FLOAT") and i.options.get("control_after_generate", i.name in ("seed", "noise_seed")):
                 widgets.append(("control_after_generate", Input("control_after_generate", "COMBO", True, {"choices": CONTROL_VALUES})))
         return widgets
 
