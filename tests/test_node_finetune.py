@@ -83,7 +83,7 @@ def test_the_node_writes_a_checkpoint_colorize_lists_and_loads(comfy, node):
     assert not (comfy.reports / "tuned_snapshot.pt").exists()
     # DDColor Colorize loads it (strictly: its loader refuses missing or extra keys) and colors with it.
     gray = color_photos(1).mean(-1, keepdim=True).expand(-1, -1, -1, 3)
-    (colored,) = pack.NODE_CLASS_MAPPINGS["DDColor-ddcolorize"]().colorize(gray, "fp32", 256, model="tuned.pth")
+    (colored,) = pack.NODE_CLASS_MAPPINGS["DDColor-ddcolorize"]().colorize_images(gray, "fp32", 256, model="tuned.pth")
     assert colored.shape == gray.shape and (colored[..., 0] - colored[..., 2]).abs().mean() > 1e-3
 
 
