@@ -21,7 +21,7 @@ from ddcolor.color import gray_rgb_from_lightness, rgb_to_lab
 from ddcolor.finetune import autocast, published_state_dict, save_checkpoint, trainable_model, trainable_parameters
 from ddcolor.finetune.trainable import LowRankDelta
 from ddcolor.precision import training_precision
-from tests.calibrated import STRESS_RECIPES, calibration_images
+from tests.calibrated import STREAM_RECIPES, calibration_images
 from tests.conftest import calibrated_checkpoint
 from tests.oracle import original_model, relative_difference
 
@@ -290,7 +290,10 @@ def fp16_stress_loss(recipe: str, width: int = 64) -> tuple[torch.Tensor, float,
     return loss, max(peaks), model
 
 
-@pytest.mark.parametrize("recipe", [r for r in STRESS_RECIPES if r != "overflow"])
+# The encoder-stream recipes: training keeps the stream and its writers FP32, as inference does. The
+# boundary recipes (tests.calibrated.BOUNDARY_RECIPES) are made safe for inference by exact rewrites at
+# load (balance_for_half), which training does not apply yet, so fp16 training is not claimed for them.
+@pytest.mark.parametrize("recipe", ["blocks", *STREAM_RECIPES])
 def test_fp16_training_forward_of_stress_checkpoints_stays_finite(recipe):
     """Their FP32 encoder streams exceed fp16's range; under autocast they must not overflow."""
     loss, peak, _ = fp16_stress_loss(recipe)
