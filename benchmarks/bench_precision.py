@@ -44,7 +44,7 @@ from ddcolor.precision import apply_precision  # noqa: E402
 from tests.calibrated import FIXTURES, STRESS_RECIPES, stressed  # noqa: E402
 from tests.conftest import calibrated_checkpoint  # noqa: E402
 from tests.oracle import load_state, original_model  # noqa: E402
-from tests.test_precision import colorfulness_of, fixture_inputs  # noqa: E402
+from tests.test_precision import colorfulness_of, fixture_inputs, fresh_model  # noqa: E402
 
 RUNS = ("fp16", "mixed", "bf16", "original-fp16", "original-bf16")
 
@@ -68,7 +68,7 @@ def run(state: dict, x: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
     logger = logging.getLogger("ddcolor")
     logger.addHandler(watch)
     try:
-        return apply_precision(model_from_state_dict(dict(state)), name)(x), watch.fired
+        return apply_precision(fresh_model(state), name)(x), watch.fired
     finally:
         logger.removeHandler(watch)
 
@@ -82,7 +82,7 @@ def split_rows(variant: str, x: torch.Tensor, splits: list[str]) -> None:
     for stages in splits:
         precision._MIXED_BF16_MODULES = re.compile(rf"encoder\.arch\.stages\.[{stages}]\.\d+\.pwconv[12]")
         try:
-            ab = apply_precision(model_from_state_dict(dict(state)), "mixed")(x)
+            ab = apply_precision(fresh_model(state), "mixed")(x)
         finally:
             precision._MIXED_BF16_MODULES = chosen
         diff = (ab - reference).abs()

@@ -186,7 +186,12 @@ def fold_spectral_norm(state: dict[str, Tensor], source: str = "checkpoint") -> 
 
 
 def model_from_state_dict(state: dict[str, Tensor], source: str = "checkpoint") -> DDColor:
-    """Build the network on the CPU in FP32 and load ``state`` strictly."""
+    """Build the network on the CPU in FP32 and load ``state`` strictly.
+
+    The model takes ``state``'s FP32 tensors as its own (no copy), so anything
+    that changes the model in place (``apply_precision`` balances it for half)
+    changes them: pass copies to keep ``state``.
+    """
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
