@@ -44,7 +44,7 @@ from ddcolor.precision import apply_precision  # noqa: E402
 from tests.calibrated import FIXTURES, STRESS_RECIPES, stressed  # noqa: E402
 from tests.conftest import calibrated_checkpoint  # noqa: E402
 from tests.oracle import load_state, original_model  # noqa: E402
-from tests.test_precision import colorfulness_of, fixture_inputs  # noqa: E402
+from tests.test_precision import colorfulness_of, fixture_inputs, fresh_model  # noqa: E402
 
 RUNS = ("fp16", "mixed", "bf16", "original-fp16", "original-bf16")
 
@@ -68,7 +68,7 @@ def run(state: dict, x: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
     logger = logging.getLogger("ddcolor")
     logger.addHandler(watch)
     try:
-        return apply_precision(model_from_state_dict(dict(state)), name)(x), watch.fired
+        return apply_precision(fresh_model(state), name)(x), watch.fired
     finally:
         logger.removeHandler(watch)
 
@@ -86,7 +86,7 @@ def split_rows(variant: str, x: torch.Tensor, splits: list[str]) -> None:
     base_colorfulness = colorfulness_of(x, reference)
     for text in splits:
         split = parse_split(text)
-        ab = apply_precision(model_from_state_dict(dict(state)), "mixed", split=split).predict(x)
+        ab = apply_precision(fresh_model(state), "mixed", split=split).predict(x)
         diff = (ab - reference).abs()
         shift = colorfulness_of(x, ab) / base_colorfulness - 1
         label = f"pwconv1 {', '.join(map(str, split[0])) or '-'}; pwconv2 {', '.join(map(str, split[1])) or '-'}"

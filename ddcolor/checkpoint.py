@@ -222,7 +222,12 @@ def network_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def model_from_state_dict(state: dict[str, Tensor], source: str = "checkpoint") -> DDColor:
-    """Build the network on the CPU in FP32 and load ``state`` strictly."""
+    """Build the network on the CPU in FP32 and load ``state`` strictly.
+
+    The model takes ``state``'s FP32 tensors as its own (no copy), so anything
+    that changes the model in place (``apply_precision`` balances it for half)
+    changes them: pass copies to keep ``state``.
+    """
     state = network_tensors(state)
     config = config_from_state_dict(state, source)
     state = fold_spectral_norm(state, source)
