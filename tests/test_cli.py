@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import select
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +14,9 @@ from PIL import Image
 import ddcolor
 from ddcolor.cli import main
 from tests.fake_hub import fake_hub, modelscope_files, refused_endpoint
+from tests.support import interrupt, photo, started, wait_for_stderr
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def photo(width: int = 96, height: int = 64, seed: int = 0) -> np.ndarray:
-    """A gray uint8 scene with structure (a gradient and a few blocks)."""
-    rng = np.random.default_rng(seed)
-    image = np.tile(np.linspace(30, 220, width), (height, 1))
-    for _ in range(4):
-        y, x = rng.integers(0, height - 16), rng.integers(0, width - 16)
-        image[y : y + 16, x : x + 16] = rng.integers(0, 255)
-    return image.astype(np.uint8)
 
 
 def colorfulness(path: Path) -> float:
@@ -274,23 +262,10 @@ def test_ctrl_c_stops_after_the_current_image(tmp_path, small_checkpoint):
     for i in range(count):
         Image.fromarray(photo(320, 240, seed=i)).save(folder / f"p{i}.png")
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ddcolor", "colorize", str(folder), "-o", str(out), "--model", str(small_checkpoint)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        seen = b""
-        while b"[1/" not in seen:  # the first image is done: the batch is under way
-            assert time.monotonic() < deadline, f"no progress line within 60 s: {seen!r}"
-            assert process.poll() is None, f"exited early: {seen!r}"
-            if select.select([process.stderr], [], [], 1.0)[0]:
-                seen += os.read(process.stderr.fileno(), 4096)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = (b.decode() for b in process.communicate(timeout=60))
-    finally:
-        if process.poll() is None:
-            process.kill()
+    command = [sys.executable, "-m", "ddcolor", "colorize", folder, "-o", out, "--model", small_checkpoint]
+    with started(command) as process:
+        wait_for_stderr(process, b"[1/", timeout=60)  # the first image is done: the batch is under way
+        stdout, stderr = interrupt(process, timeout=60)
     assert process.returncode == 130, stderr
     assert "stopping after the current image" in stderr
     written = sorted(out.iterdir())

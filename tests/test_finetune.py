@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import signal
 import subprocess
 import sys
-import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +40,7 @@ from ddcolor.finetune.losses import (
 )
 from ddcolor.finetune.trainer import FinetuneError, Trainer, finetune
 from ddcolor.precision import autocast
+from tests.support import interrupt, started, wait_for_stderr
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 64
@@ -321,26 +320,12 @@ def test_cli_writes_a_checkpoint_that_loads_strictly_and_its_reports(tmp_path, s
 def test_ctrl_c_stops_at_the_next_step_and_keeps_a_snapshot(tmp_path, small_checkpoint):
     photos = write_photos(tmp_path / "photos", 3)
     output = tmp_path / "mine.pth"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ddcolor", "finetune", str(photos), "-o", str(output), "--model", str(small_checkpoint),
-         "--steps", "1000", "--batch", "1", "--size", str(SIZE), "--no-perceptual", "--val-every", "0", "--device", "cpu",
-         "--precision", "fp32"],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        seen = b""
-        while b"[step " not in seen:  # training is under way
-            assert time.monotonic() < deadline, f"no progress line within 120 s: {seen!r}"
-            assert process.poll() is None, f"exited early: {seen!r}"
-            if select.select([process.stderr], [], [], 1.0)[0]:
-                seen += os.read(process.stderr.fileno(), 4096)
-        process.send_signal(signal.SIGINT)
-        _, stderr = (b.decode() for b in process.communicate(timeout=120))
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    command = [sys.executable, "-m", "ddcolor", "finetune", photos, "-o", output, "--model", small_checkpoint,
+               "--steps", "1000", "--batch", "1", "--size", SIZE, "--no-perceptual", "--val-every", "0", "--device", "cpu",
+               "--precision", "fp32"]
+    with started(command, env={**os.environ, "OMP_NUM_THREADS": "1"}) as process:
+        wait_for_stderr(process, b"[step ", timeout=120)  # training is under way
+        _, stderr = interrupt(process, timeout=120)
     assert process.returncode == 130, stderr
     assert "stopping after this step" in stderr and "(continue with --resume)" in stderr
     assert (tmp_path / "mine_snapshot.pt").is_file() and not output.exists()
@@ -375,20 +360,15 @@ raise SystemExit(code)
 
 def run_two_processes(tmp_path: Path, arguments: list[str], rendezvous: str) -> list[tuple[str, str]]:
     """Run the command in two gloo processes; their (stdout, stderr). Stops exactly what it started."""
-    started = []
-    try:
+    command = [sys.executable, "-c", RANK_PROCESS, f"file://{tmp_path / rendezvous}", *arguments]
+    with ExitStack() as stack:
+        processes = []
         for rank in range(2):
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": "lo",
                    "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
-            command = [sys.executable, "-c", RANK_PROCESS, f"file://{tmp_path / rendezvous}", *arguments]
-            started.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        outputs = [process.communicate(timeout=300) for process in started]
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    assert [p.returncode for p in started] == [0, 0], [err for _, err in outputs]
+            processes.append(stack.enter_context(started(command, env=env, text=True)))
+        outputs = [process.communicate(timeout=300) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err for _, err in outputs]
     assert "2 processes" in outputs[0][1] and "fine-tuning" not in outputs[1][1]  # rank 1 stays quiet
     return outputs
 

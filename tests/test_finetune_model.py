@@ -22,8 +22,8 @@ from ddcolor.finetune import autocast, published_state_dict, save_checkpoint, tr
 from ddcolor.finetune.trainable import LowRankDelta
 from ddcolor.precision import training_precision
 from tests.calibrated import STRESS_RECIPES, calibration_images
-from tests.conftest import calibrated_checkpoint
 from tests.oracle import original_model, relative_difference
+from tests.support import calibrated_checkpoint
 
 TRAIN_CHOICES = ["all", "decoder", "lora"]
 

@@ -19,10 +19,8 @@ from collections import Counter
 from functools import lru_cache
 from unittest import mock
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -30,11 +28,10 @@ import ddcolor
 from ddcolor import model as model_module
 from ddcolor import precision
 from ddcolor.checkpoint import model_from_state_dict
-from ddcolor.color import colorfulness, gray_rgb_from_lightness, lab_to_rgb, rgb_to_lab
 from ddcolor.precision import apply_precision, fp32_modules, resolve_precision
 from tests.calibrated import BOUNDARY_RECIPES, STREAM_RECIPES, boundary_peaks, stressed
-from tests.conftest import calibrated_checkpoint
 from tests.oracle import load_state
+from tests.support import calibrated_checkpoint, colorfulness_of, fixture_inputs
 
 FP16_MAX = 65504.0
 NUMERICS_SIZE = 128
@@ -210,27 +207,10 @@ def test_weights_out_of_fp16_range_stay_fp32(tiny_checkpoint, caplog):
 # ----------------------------------------------------------------------------- numerics
 
 
-def fixture_inputs(paths, size: int) -> torch.Tensor:
-    """Fixture photos as the network sees them: the lightness of the resized photo, as gray RGB."""
-    from PIL import Image
-
-    batch = []
-    for path in paths:
-        rgb = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255)
-        rgb = F.interpolate(rgb.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", antialias=True)
-        batch.append(gray_rgb_from_lightness(rgb_to_lab(rgb)[:, :1]))
-    return torch.cat(batch)
-
-
 def fixture_free_inputs(count: int, size: int = 64) -> torch.Tensor:
     from tests.calibrated import calibration_images
 
     return calibration_images(size, count=count, seed=11)
-
-
-def colorfulness_of(x: torch.Tensor, ab: torch.Tensor) -> float:
-    lab = torch.cat([rgb_to_lab(x)[:, :1], ab.clamp(-128, 127)], dim=1)
-    return colorfulness(lab_to_rgb(lab))
 
 
 @lru_cache(maxsize=4)

@@ -27,8 +27,7 @@ from PIL import Image
 
 from ddcolor.cli import main
 from ddcolor.cli.batch import DONE, FAILED, Job, Outcome, Summary
-from tests.test_cli import photo
-from tests.test_video_cli import probe, write_clip
+from tests.support import photo, probe, write_clip
 
 REPO = Path(__file__).resolve().parent.parent
 # Ray binds every node to the machine's network address unless told it is a
