@@ -25,8 +25,8 @@ from benchmarks.bench_engine import machine  # noqa: E402
 from ddcolor.checkpoint import model_from_state_dict  # noqa: E402
 from ddcolor.precision import MIXED_SPLITS, apply_precision, mixed_split  # noqa: E402
 from tests.calibrated import CONFIGS  # noqa: E402
-from tests.conftest import calibrated_checkpoint  # noqa: E402
 from tests.oracle import load_state, original_model  # noqa: E402
+from tests.support import calibrated_checkpoint  # noqa: E402
 
 
 def main() -> None:

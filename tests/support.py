@@ -214,6 +214,23 @@ def probe(path: Path) -> dict:
     return facts
 
 
+def colorfulness(frames: np.ndarray) -> float:
+    """Mean spread between the RGB channels of frames (..., 3): 0 for gray."""
+    frames = frames.astype(np.float32)
+    return float((frames.max(axis=-1) - frames.min(axis=-1)).mean())
+
+
+def dominant_hz(samples: np.ndarray, rate: int) -> float:
+    """The loudest frequency of a track, in Hz."""
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64)))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Every file under ``folder``, hidden temporaries included."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
 # ----------------------------------------------------------------------------- interrupting a real process
 
 

@@ -14,16 +14,15 @@ from PIL import Image
 import ddcolor
 from ddcolor.cli import main
 from tests.fake_hub import fake_hub, modelscope_files, refused_endpoint
-from tests.support import interrupt, photo, started, wait_for_stderr
+from tests.support import colorfulness, interrupt, photo, started, wait_for_stderr
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def colorfulness(path: Path) -> float:
-    """Mean spread between the RGB channels: 0 for a gray image."""
+def file_colorfulness(path: Path) -> float:
+    """The colorfulness of an image file: 0 for gray."""
     with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return float((rgb.max(axis=-1) - rgb.min(axis=-1)).mean())
+        return colorfulness(np.asarray(image.convert("RGB")))
 
 
 def run(*args: str) -> int:
@@ -71,7 +70,7 @@ def test_every_mode_is_colorized_with_its_size_and_alpha(tmp_path, small_checkpo
             size = (48, 80) if name.startswith("rotated") else (96, 64)
             assert image.size == size, name
             assert image.mode == ("RGBA" if name.startswith("rgba") else "RGB"), name
-        assert colorfulness(path) > 2.0, f"{name} came out gray"
+        assert file_colorfulness(path) > 2.0, f"{name} came out gray"
     with Image.open(outputs["rgba_color.png"]) as image:
         np.testing.assert_array_equal(np.asarray(image)[..., 3], np.asarray(rgba)[..., 3])
     assert "colorized 8, skipped 0, failed 0" in capsys.readouterr().out
@@ -108,7 +107,7 @@ def test_real_photos(tmp_path, small_checkpoint, fixture_photos):
     for source in fixture_photos:
         with Image.open(source) as original, Image.open(tmp_path / f"{source.stem}_color.png") as result:
             assert result.size == original.size
-        assert colorfulness(tmp_path / f"{source.stem}_color.png") > 2.0
+        assert file_colorfulness(tmp_path / f"{source.stem}_color.png") > 2.0
 
 
 def test_an_unreadable_file_mid_batch_is_reported_and_the_batch_goes_on(photos, tmp_path, small_checkpoint, capsys):
@@ -305,7 +304,7 @@ def test_colorize_downloads_the_default_model_on_first_use(photos, tmp_path, sma
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         assert run("colorize", photos / "p0.png", "--size", 64) == 0
     assert (models / "ddcolor_modelscope.pth").read_bytes() == small_checkpoint.read_bytes()
-    assert colorfulness(photos / "p0_color.png") > 2.0
+    assert file_colorfulness(photos / "p0_color.png") > 2.0
     assert "ddcolor_modelscope: first use, downloading" in capsys.readouterr().err
 
 

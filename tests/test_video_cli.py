@@ -21,28 +21,14 @@ from PIL import Image
 import ddcolor
 import ddcolor.video as video_engine
 from ddcolor.cli import main
-from tests.support import SINE_HZ, interrupt, probe, scene, started, wait_for_stderr, write_clip
+from tests.support import (
+    SINE_HZ, colorfulness, dominant_hz, interrupt, leftovers, probe, scene, started, wait_for_stderr, write_clip,
+)
 
 av = pytest.importorskip("av")
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = "64"  # working resolution: enough for color, small enough to be fast
-
-
-def colorfulness(frames: np.ndarray) -> float:
-    """Mean spread between the RGB channels: 0 for gray."""
-    frames = frames.astype(np.float32)
-    return float((frames.max(axis=-1) - frames.min(axis=-1)).mean())
-
-
-def dominant_hz(samples: np.ndarray, rate: int) -> float:
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64)))
-    return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
-
-
-def leftovers(folder: Path) -> list[str]:
-    """Every file under ``folder``, hidden temporaries included."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 def run(*args) -> int:
