@@ -82,6 +82,7 @@ def parameters(trainer: Trainer) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- the loop
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_small_set(tmp_path, small_checkpoint):
     # Two 64x64 photos, both in every batch: the fit to them must improve clearly.
     result = finetune(config(tmp_path, small_checkpoint, steps=30), color_scenes(2))
@@ -128,6 +129,7 @@ def test_an_overflowing_fp16_step_is_skipped_the_scale_lowered_and_counted(tmp_p
     assert [(r["skipped"], r["loss_scale"]) for r in records if "loss" in r] == [(True, 2.0**39), (True, 2.0**38)]
 
 
+@pytest.mark.slow
 def test_a_stopped_and_resumed_run_equals_the_uninterrupted_one(tmp_path, small_checkpoint):
     # With --gan, so the discriminator and its optimizer travel in the snapshot too; a
     # validation in between must not disturb the sequence.
@@ -235,6 +237,7 @@ def test_the_held_out_share_is_fixed_by_the_seed():
 # ----------------------------------------------------------------------------- perceptual loss
 
 
+@pytest.mark.slow
 def test_perceptual_loss_reads_vgg16_bn_from_torchs_cache_or_says_where_to_put_it(tmp_path, monkeypatch, small_checkpoint):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     expected = tmp_path / "hub" / "checkpoints" / "vgg16_bn-6c64b313.pth"
@@ -392,6 +395,7 @@ def assert_same_training(start_path: Path, reference_path: Path, other_path: Pat
     assert float((colors[2] - colors[1]).abs().max()) < 0.01 * float((colors[1] - colors[0]).abs().max())
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_and_resume_as_one(tmp_path, small_checkpoint, capsys):
     photos = write_photos(tmp_path / "photos", 5)
     common = ["finetune", str(photos), "--model", str(small_checkpoint), "--steps", "4", "--batch", "2",

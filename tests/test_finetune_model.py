@@ -290,6 +290,7 @@ def fp16_stress_loss(recipe: str, width: int = 64) -> tuple[torch.Tensor, float,
     return loss, max(peaks), model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", [r for r in STRESS_RECIPES if r != "overflow"])
 def test_fp16_training_forward_of_stress_checkpoints_stays_finite(recipe):
     """Their FP32 encoder streams exceed fp16's range; under autocast they must not overflow."""
@@ -301,6 +302,7 @@ def test_fp16_training_forward_of_stress_checkpoints_stays_finite(recipe):
 # The recipes differ in which forward writer carries the scale. PyTorch has no
 # fast fp16 convolution backward on CPUs (seconds per decoder conv), so the
 # backward runs for two of them (the largest layer scales, and the stem), on half the pixels.
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["blocks", "stem"])
 def test_fp16_training_backward_of_stress_checkpoints_stays_finite(recipe):
     loss, _, model = fp16_stress_loss(recipe, width=32)
@@ -333,6 +335,7 @@ def test_autocast_runs_half_only_when_asked():
 # ----------------------------------------------------------------------------- the checkpoint it writes
 
 
+@pytest.mark.slow
 def test_the_export_loads_strictly_everywhere_with_the_same_output(tiny_checkpoint, tmp_path):
     state = read_state_dict(tiny_checkpoint)
     model = trainable_model(state)

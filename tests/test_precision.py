@@ -169,6 +169,7 @@ def test_most_conv_and_linear_work_runs_in_fp16(tiny_checkpoint):
     assert share > HALF_FLOPS, dict(counter.flops)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stress", [False, True], ids=["calibrated", "every-boundary-stressed"])
 def test_balancing_for_half_is_exact_in_fp32(tiny_checkpoint, stress):
     state = load_state(tiny_checkpoint)
@@ -254,6 +255,7 @@ def half_precision_report(variant: str, recipe: str | None, name: str, photos: l
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", STREAM_RECIPES + BOUNDARY_RECIPES)
 def test_stress_recipes_leave_fp16_range_but_not_the_fp32_output(recipe, tiny_checkpoint):
     state = load_state(tiny_checkpoint)
@@ -267,6 +269,7 @@ def test_stress_recipes_leave_fp16_range_but_not_the_fp32_output(recipe, tiny_ch
     assert (ab - reference).abs().max() < 1e-4 * reference.abs().max()
 
 
+@pytest.mark.slow
 def test_blocks_recipe_overflows_fp16_in_fp32(fixture_photos):
     state, x, _ = _reference("tiny", "blocks", tuple(fixture_photos))
     model = model_from_state_dict(dict(state))
@@ -281,6 +284,7 @@ def test_blocks_recipe_overflows_fp16_in_fp32(fixture_photos):
 LARGE_RECIPES = (None, "blocks", *STREAM_RECIPES, "taps", "pixel_features")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant, recipe",
     [("tiny", r) for r in (None, "blocks", *STREAM_RECIPES, *BOUNDARY_RECIPES)] + [("large", r) for r in LARGE_RECIPES],
@@ -293,6 +297,7 @@ def test_fp16_meets_its_bounds_on_every_stress_recipe(variant, recipe, fixture_p
     assert report["weights"] <= HALF_WEIGHTS and report["half_flops"] > HALF_FLOPS, report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["tiny", "large"])
 def test_mixed_meets_fp16_bounds(variant, fixture_photos):
     """What auto runs on CPUs with native bf16 must be as faithful as fp16."""
@@ -302,6 +307,7 @@ def test_mixed_meets_fp16_bounds(variant, fixture_photos):
     assert abs(report["colorfulness"]) < COLORFULNESS, report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["tiny", "large"])
 def test_bf16_stays_close_to_fp32(variant, fixture_photos):
     """bf16 keeps 8 mantissa bits to fp16's 11: 1-2 ab units off on average at
@@ -316,6 +322,7 @@ def test_bf16_stays_close_to_fp32(variant, fixture_photos):
 # ----------------------------------------------------------------------------- the fp32 safety net
 
 
+@pytest.mark.slow
 def test_a_checkpoint_beyond_fp16_is_redone_in_fp32_and_logged_once(fixture_photos, caplog, monkeypatch):
     monkeypatch.setattr(model_module, "_FALLBACKS_LOGGED", set())
     base, x, _ = _reference("tiny", None, tuple(fixture_photos))
