@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from tests.conftest import calibrated_checkpoint  # built once, cached in .cache/tests
+    from tests.support import calibrated_checkpoint  # built once, cached in .cache/tests
 
     model = calibrated_checkpoint(args.variant)
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as work:

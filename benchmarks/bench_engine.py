@@ -86,7 +86,7 @@ def measure(impl: str, path: str, size: int, precision: str, device: str, repeat
 
     x = torch.rand(1, 3, size, size, device=device)
     if live:
-        from tests.test_pipeline import peak_live_bytes
+        from tests.support import peak_live_bytes
 
         with context():
             model(x)  # warm-up
@@ -94,7 +94,7 @@ def measure(impl: str, path: str, size: int, precision: str, device: str, repeat
             if precision != "fp32" and impl == "peer":
                 return {"error": "autocast keeps fp32 weights; not comparable"}
         with context():
-            return {"live_bytes": peak_live_bytes(model, x), "weight_bytes": weights}
+            return {"live_bytes": peak_live_bytes(lambda: model(x)), "weight_bytes": weights}
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()

@@ -22,11 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_engine import machine  # noqa: E402
-from ddcolor.checkpoint import model_from_state_dict  # noqa: E402
 from ddcolor.precision import MIXED_SPLITS, apply_precision, mixed_split  # noqa: E402
 from tests.calibrated import CONFIGS  # noqa: E402
-from tests.conftest import calibrated_checkpoint  # noqa: E402
 from tests.oracle import load_state, original_model  # noqa: E402
+from tests.support import calibrated_checkpoint, fresh_model  # noqa: E402
 
 
 def main() -> None:
@@ -37,11 +36,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     state = load_state(calibrated_checkpoint(args.variant))
-    runs = {"ours fp32": model_from_state_dict(dict(state)).predict}
+    runs = {"ours fp32": fresh_model(state).predict}
     for units, split in MIXED_SPLITS.items():
         mine = " (this CPU's)" if split == mixed_split() else ""
         label = f"ours mixed, {units} split{mine}: pwconv1 {split[0]}, pwconv2 {split[1]}"
-        runs[label] = apply_precision(model_from_state_dict(dict(state)), "mixed", split=split).predict
+        runs[label] = apply_precision(fresh_model(state), "mixed", split=split).predict
     runs["original fp32"] = original_model(dict(state)).eval()
     x = torch.rand(1, 3, args.size, args.size)
     times: dict[str, list[float]] = {name: [] for name in runs}

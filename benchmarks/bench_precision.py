@@ -42,9 +42,8 @@ from ddcolor.checkpoint import model_from_state_dict  # noqa: E402
 from ddcolor import precision  # noqa: E402
 from ddcolor.precision import apply_precision  # noqa: E402
 from tests.calibrated import FIXTURES, STRESS_RECIPES, stressed  # noqa: E402
-from tests.conftest import calibrated_checkpoint  # noqa: E402
 from tests.oracle import load_state, original_model  # noqa: E402
-from tests.test_precision import colorfulness_of, fixture_inputs, fresh_model  # noqa: E402
+from tests.support import calibrated_checkpoint, colorfulness_of, fixture_inputs, fresh_model  # noqa: E402
 
 RUNS = ("fp16", "mixed", "bf16", "original-fp16", "original-bf16")
 

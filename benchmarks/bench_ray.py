@@ -88,7 +88,7 @@ def main() -> None:
     os.environ.pop("RAY_ADDRESS", None)
     sys.path.insert(0, str(REPO))
     from benchmarks.bench_cli import make_photos
-    from tests.conftest import calibrated_checkpoint  # built once, cached in .cache/tests
+    from tests.support import calibrated_checkpoint  # built once, cached in .cache/tests
 
     from ray.cluster_utils import Cluster
 

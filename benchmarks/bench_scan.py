@@ -151,7 +151,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from tests.conftest import calibrated_checkpoint  # built once, cached in .cache/tests
+    from tests.support import calibrated_checkpoint  # built once, cached in .cache/tests
 
     checkpoint = calibrated_checkpoint(args.variant)
     env = {**os.environ, "DDCOLOR_MAX_MEGAPIXELS": str(max(args.megapixels) + 1)}

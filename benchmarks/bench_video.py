@@ -225,7 +225,7 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by torch when the child (or server) starts
 
     sys.path.insert(0, str(REPO))
-    from tests.conftest import calibrated_checkpoint  # built once, cached in .cache/tests
+    from tests.support import calibrated_checkpoint  # built once, cached in .cache/tests
 
     checkpoint = calibrated_checkpoint(args.variant)
     print(f"Machine: {machine()}")

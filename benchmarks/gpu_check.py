@@ -85,7 +85,7 @@ sys.path.insert(0, str(REPO))
 import ddcolor  # noqa: E402
 from benchmarks.bench_finetune import CHECKPOINTING, TRAINS, measure_training  # noqa: E402
 from tests import calibrated  # noqa: E402
-from tests.test_precision import colorfulness_of, fixture_inputs  # noqa: E402
+from tests.support import colorfulness_of, fixture_inputs  # noqa: E402
 
 PHASES = ("latency", "throughput", "numerics", "training")
 # One model load each: the original holds fp32 weights for both of its runs.
@@ -102,17 +102,13 @@ def stress_recipes() -> tuple[str, ...]:
 
 def checkpoint_path(variant: str, recipe: str | None, device: str) -> Path:
     """The cached calibrated checkpoint, built on ``device`` where the generator allows it."""
-    import inspect
-
-    from tests.conftest import calibrated_checkpoint
+    from tests.support import calibrated_checkpoint
 
     kwargs = {}
     if recipe is not None:
         # Before named recipes, stress was a bool meaning today's "blocks".
         kwargs["stress"] = recipe if hasattr(calibrated, "STRESS_RECIPES") else True
-    if "device" in inspect.signature(calibrated_checkpoint).parameters:
-        kwargs["device"] = device
-    return calibrated_checkpoint(variant, **kwargs)
+    return calibrated_checkpoint(variant, device=device, **kwargs)
 
 
 # --------------------------------------------------------------------- models

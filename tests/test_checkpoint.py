@@ -65,6 +65,7 @@ def exact_folded_weights(state: dict) -> dict[str, tuple[torch.Tensor, float]]:
     return folded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["tiny", "large"])
 def test_every_format_loads_strictly_to_the_same_weights(variant, request, tmp_path):
     state = load_state(request.getfixturevalue(f"{variant}_checkpoint"))
@@ -205,6 +206,7 @@ def test_spectral_norm_folding_matches_pytorch_eval_mode():
     assert torch.equal(folded["c.weight"], conv.weight)
 
 
+@pytest.mark.slow
 def test_stored_spectral_vectors_are_used_as_is(tiny_checkpoint):
     # Unconverged vectors give a different (smaller) sigma; PyTorch's eval
     # mode uses them as stored, and so must we.

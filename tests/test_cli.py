@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import select
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +14,15 @@ from PIL import Image
 import ddcolor
 from ddcolor.cli import main
 from tests.fake_hub import fake_hub, modelscope_files, refused_endpoint
+from tests.support import colorfulness, interrupt, photo, started, wait_for_stderr
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def photo(width: int = 96, height: int = 64, seed: int = 0) -> np.ndarray:
-    """A gray uint8 scene with structure (a gradient and a few blocks)."""
-    rng = np.random.default_rng(seed)
-    image = np.tile(np.linspace(30, 220, width), (height, 1))
-    for _ in range(4):
-        y, x = rng.integers(0, height - 16), rng.integers(0, width - 16)
-        image[y : y + 16, x : x + 16] = rng.integers(0, 255)
-    return image.astype(np.uint8)
-
-
-def colorfulness(path: Path) -> float:
-    """Mean spread between the RGB channels: 0 for a gray image."""
+def file_colorfulness(path: Path) -> float:
+    """The colorfulness of an image file: 0 for gray."""
     with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return float((rgb.max(axis=-1) - rgb.min(axis=-1)).mean())
+        return colorfulness(np.asarray(image.convert("RGB")))
 
 
 def run(*args: str) -> int:
@@ -83,7 +70,7 @@ def test_every_mode_is_colorized_with_its_size_and_alpha(tmp_path, small_checkpo
             size = (48, 80) if name.startswith("rotated") else (96, 64)
             assert image.size == size, name
             assert image.mode == ("RGBA" if name.startswith("rgba") else "RGB"), name
-        assert colorfulness(path) > 2.0, f"{name} came out gray"
+        assert file_colorfulness(path) > 2.0, f"{name} came out gray"
     with Image.open(outputs["rgba_color.png"]) as image:
         np.testing.assert_array_equal(np.asarray(image)[..., 3], np.asarray(rgba)[..., 3])
     assert "colorized 8, skipped 0, failed 0" in capsys.readouterr().out
@@ -120,7 +107,7 @@ def test_real_photos(tmp_path, small_checkpoint, fixture_photos):
     for source in fixture_photos:
         with Image.open(source) as original, Image.open(tmp_path / f"{source.stem}_color.png") as result:
             assert result.size == original.size
-        assert colorfulness(tmp_path / f"{source.stem}_color.png") > 2.0
+        assert file_colorfulness(tmp_path / f"{source.stem}_color.png") > 2.0
 
 
 def test_an_unreadable_file_mid_batch_is_reported_and_the_batch_goes_on(photos, tmp_path, small_checkpoint, capsys):
@@ -274,23 +261,10 @@ def test_ctrl_c_stops_after_the_current_image(tmp_path, small_checkpoint):
     for i in range(count):
         Image.fromarray(photo(320, 240, seed=i)).save(folder / f"p{i}.png")
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ddcolor", "colorize", str(folder), "-o", str(out), "--model", str(small_checkpoint)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        seen = b""
-        while b"[1/" not in seen:  # the first image is done: the batch is under way
-            assert time.monotonic() < deadline, f"no progress line within 60 s: {seen!r}"
-            assert process.poll() is None, f"exited early: {seen!r}"
-            if select.select([process.stderr], [], [], 1.0)[0]:
-                seen += os.read(process.stderr.fileno(), 4096)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = (b.decode() for b in process.communicate(timeout=60))
-    finally:
-        if process.poll() is None:
-            process.kill()
+    command = [sys.executable, "-m", "ddcolor", "colorize", folder, "-o", out, "--model", small_checkpoint]
+    with started(command) as process:
+        wait_for_stderr(process, b"[1/", timeout=60)  # the first image is done: the batch is under way
+        stdout, stderr = interrupt(process, timeout=60)
     assert process.returncode == 130, stderr
     assert "stopping after the current image" in stderr
     written = sorted(out.iterdir())
@@ -330,7 +304,7 @@ def test_colorize_downloads_the_default_model_on_first_use(photos, tmp_path, sma
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         assert run("colorize", photos / "p0.png", "--size", 64) == 0
     assert (models / "ddcolor_modelscope.pth").read_bytes() == small_checkpoint.read_bytes()
-    assert colorfulness(photos / "p0_color.png") > 2.0
+    assert file_colorfulness(photos / "p0_color.png") > 2.0
     assert "ddcolor_modelscope: first use, downloading" in capsys.readouterr().err
 
 

@@ -402,6 +402,7 @@ def test_workflow_files_are_checked_with_fixes_in_the_message(tmp_path):
 # ----------------------------------------------------------------------------- a real ComfyUI
 
 
+@pytest.mark.e2e
 def test_queue_against_a_real_comfyui(tmp_path, small_checkpoint, fixture_photos, capsys):
     """The real server, this node pack and the published API workflow, end to end.
 

@@ -42,6 +42,8 @@ from tests.fake_hub import fake_hub
 from tests.pack import load_pack
 from tests.workflow_check import CORE_NODES_FILE, core_specs, spec_from_node_class, spec_from_object_info
 
+pytestmark = pytest.mark.e2e
+
 try:
     comfyui_paths()
 except ComfyUIUnavailable as reason:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import signal
 import subprocess
 import sys
-import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +40,7 @@ from ddcolor.finetune.losses import (
 )
 from ddcolor.finetune.trainer import FinetuneError, Trainer, finetune
 from ddcolor.precision import autocast
+from tests.support import interrupt, started, wait_for_stderr
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 64
@@ -83,6 +82,7 @@ def parameters(trainer: Trainer) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- the loop
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_small_set(tmp_path, small_checkpoint):
     # Two 64x64 photos, both in every batch: the fit to them must improve clearly.
     result = finetune(config(tmp_path, small_checkpoint, steps=30), color_scenes(2))
@@ -129,6 +129,7 @@ def test_an_overflowing_fp16_step_is_skipped_the_scale_lowered_and_counted(tmp_p
     assert [(r["skipped"], r["loss_scale"]) for r in records if "loss" in r] == [(True, 2.0**39), (True, 2.0**38)]
 
 
+@pytest.mark.slow
 def test_a_stopped_and_resumed_run_equals_the_uninterrupted_one(tmp_path, small_checkpoint):
     # With --gan, so the discriminator and its optimizer travel in the snapshot too; a
     # validation in between must not disturb the sequence.
@@ -236,6 +237,7 @@ def test_the_held_out_share_is_fixed_by_the_seed():
 # ----------------------------------------------------------------------------- perceptual loss
 
 
+@pytest.mark.slow
 def test_perceptual_loss_reads_vgg16_bn_from_torchs_cache_or_says_where_to_put_it(tmp_path, monkeypatch, small_checkpoint):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     expected = tmp_path / "hub" / "checkpoints" / "vgg16_bn-6c64b313.pth"
@@ -321,26 +323,12 @@ def test_cli_writes_a_checkpoint_that_loads_strictly_and_its_reports(tmp_path, s
 def test_ctrl_c_stops_at_the_next_step_and_keeps_a_snapshot(tmp_path, small_checkpoint):
     photos = write_photos(tmp_path / "photos", 3)
     output = tmp_path / "mine.pth"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ddcolor", "finetune", str(photos), "-o", str(output), "--model", str(small_checkpoint),
-         "--steps", "1000", "--batch", "1", "--size", str(SIZE), "--no-perceptual", "--val-every", "0", "--device", "cpu",
-         "--precision", "fp32"],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        seen = b""
-        while b"[step " not in seen:  # training is under way
-            assert time.monotonic() < deadline, f"no progress line within 120 s: {seen!r}"
-            assert process.poll() is None, f"exited early: {seen!r}"
-            if select.select([process.stderr], [], [], 1.0)[0]:
-                seen += os.read(process.stderr.fileno(), 4096)
-        process.send_signal(signal.SIGINT)
-        _, stderr = (b.decode() for b in process.communicate(timeout=120))
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    command = [sys.executable, "-m", "ddcolor", "finetune", photos, "-o", output, "--model", small_checkpoint,
+               "--steps", "1000", "--batch", "1", "--size", SIZE, "--no-perceptual", "--val-every", "0", "--device", "cpu",
+               "--precision", "fp32"]
+    with started(command, env={**os.environ, "OMP_NUM_THREADS": "1"}) as process:
+        wait_for_stderr(process, b"[step ", timeout=120)  # training is under way
+        _, stderr = interrupt(process, timeout=120)
     assert process.returncode == 130, stderr
     assert "stopping after this step" in stderr and "(continue with --resume)" in stderr
     assert (tmp_path / "mine_snapshot.pt").is_file() and not output.exists()
@@ -375,20 +363,15 @@ raise SystemExit(code)
 
 def run_two_processes(tmp_path: Path, arguments: list[str], rendezvous: str) -> list[tuple[str, str]]:
     """Run the command in two gloo processes; their (stdout, stderr). Stops exactly what it started."""
-    started = []
-    try:
+    command = [sys.executable, "-c", RANK_PROCESS, f"file://{tmp_path / rendezvous}", *arguments]
+    with ExitStack() as stack:
+        processes = []
         for rank in range(2):
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": "lo",
                    "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
-            command = [sys.executable, "-c", RANK_PROCESS, f"file://{tmp_path / rendezvous}", *arguments]
-            started.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        outputs = [process.communicate(timeout=300) for process in started]
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    assert [p.returncode for p in started] == [0, 0], [err for _, err in outputs]
+            processes.append(stack.enter_context(started(command, env=env, text=True)))
+        outputs = [process.communicate(timeout=300) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err for _, err in outputs]
     assert "2 processes" in outputs[0][1] and "fine-tuning" not in outputs[1][1]  # rank 1 stays quiet
     return outputs
 
@@ -412,6 +395,7 @@ def assert_same_training(start_path: Path, reference_path: Path, other_path: Pat
     assert float((colors[2] - colors[1]).abs().max()) < 0.01 * float((colors[1] - colors[0]).abs().max())
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_and_resume_as_one(tmp_path, small_checkpoint, capsys):
     photos = write_photos(tmp_path / "photos", 5)
     common = ["finetune", str(photos), "--model", str(small_checkpoint), "--steps", "4", "--batch", "2",

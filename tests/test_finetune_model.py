@@ -22,8 +22,8 @@ from ddcolor.finetune import autocast, published_state_dict, save_checkpoint, tr
 from ddcolor.finetune.trainable import LowRankDelta
 from ddcolor.precision import training_precision
 from tests.calibrated import STREAM_RECIPES, calibration_images
-from tests.conftest import calibrated_checkpoint
 from tests.oracle import original_model, relative_difference
+from tests.support import calibrated_checkpoint
 
 TRAIN_CHOICES = ["all", "decoder", "lora"]
 
@@ -293,6 +293,7 @@ def fp16_stress_loss(recipe: str, width: int = 64) -> tuple[torch.Tensor, float,
 # The encoder-stream recipes: training keeps the stream and its writers FP32, as inference does. The
 # boundary recipes (tests.calibrated.BOUNDARY_RECIPES) are made safe for inference by exact rewrites at
 # load (balance_for_half), which training does not apply yet, so fp16 training is not claimed for them.
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["blocks", *STREAM_RECIPES])
 def test_fp16_training_forward_of_stress_checkpoints_stays_finite(recipe):
     """Their FP32 encoder streams exceed fp16's range; under autocast they must not overflow."""
@@ -304,6 +305,7 @@ def test_fp16_training_forward_of_stress_checkpoints_stays_finite(recipe):
 # The recipes differ in which forward writer carries the scale. PyTorch has no
 # fast fp16 convolution backward on CPUs (seconds per decoder conv), so the
 # backward runs for two of them (the largest layer scales, and the stem), on half the pixels.
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["blocks", "stem"])
 def test_fp16_training_backward_of_stress_checkpoints_stays_finite(recipe):
     loss, _, model = fp16_stress_loss(recipe, width=32)
@@ -336,6 +338,7 @@ def test_autocast_runs_half_only_when_asked():
 # ----------------------------------------------------------------------------- the checkpoint it writes
 
 
+@pytest.mark.slow
 def test_the_export_loads_strictly_everywhere_with_the_same_output(tiny_checkpoint, tmp_path):
     state = read_state_dict(tiny_checkpoint)
     model = trainable_model(state)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from tests.calibrated import FIXTURES
+
+pytestmark = pytest.mark.slow  # every phase on the tiny checkpoint and its stress variant
 
 
 def is_number(value) -> bool:

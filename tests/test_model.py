@@ -19,6 +19,7 @@ from tests.oracle import load_state, original_model, relative_difference
 PARITY_SIZES = [(256, 256), (512, 512), (320, 544)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["tiny", "large"])
 def test_fp32_matches_the_original_architecture(variant, request):
     state = load_state(request.getfixturevalue(f"{variant}_checkpoint"))

@@ -18,7 +18,7 @@ import torch
 
 from tests import fake_comfy
 from tests.pack import load_pack
-from tests.test_video_cli import colorfulness, dominant_hz, leftovers, probe, write_clip
+from tests.support import colorfulness, dominant_hz, leftovers, probe, write_clip
 
 av = pytest.importorskip("av")
 

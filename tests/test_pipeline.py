@@ -11,6 +11,7 @@ import torch
 import ddcolor
 from ddcolor.color import colorfulness, gray_rgb_from_lightness, rgb_to_lab
 from tests.oracle import whole_image_colorize
+from tests.support import MemoryLimited, peak_live_bytes
 
 
 @pytest.fixture(scope="module")
@@ -118,21 +119,6 @@ def test_progress_callback_can_stop_the_run(model):
         ddcolor.colorize(model, torch.rand(3, 16, 16, 3), size=64, batch_size=1, progress=stop)
 
 
-class MemoryLimited(torch.nn.Module):
-    """The real model, but out of memory above ``max_batch`` images."""
-
-    def __init__(self, model, max_batch):
-        super().__init__()
-        self.model, self.max_batch, self.precision = model, max_batch, model.precision
-        self.batches = []
-
-    def forward(self, x):
-        self.batches.append(x.shape[0])
-        if x.shape[0] > self.max_batch:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.model(x)
-
-
 def test_out_of_memory_retries_with_smaller_chunks(model, caplog):
     limited = MemoryLimited(model, max_batch=1)
     images = torch.rand(4, 16, 16, 3)
@@ -155,26 +141,15 @@ def test_fp16_pipeline_is_close_to_fp32(small_checkpoint, model, photos):
     assert (full - low).abs().mean() < 2 / 255
 
 
-def peak_live_bytes(model, x) -> int:
-    """Peak bytes of tensors alive during ``model(x)``, from the profiler's allocation timeline."""
-    from torch.profiler import profile
-    from torch.profiler._memory_profiler import Action, MemoryProfile
-
-    with profile(profile_memory=True) as prof, torch.inference_mode():
-        model(x)
-    live = peak = 0
-    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
-        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
-        peak = max(peak, live)
-    return peak
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_activation_estimate_bounds_what_a_forward_really_uses(tiny_checkpoint, precision):
     # The node asks ComfyUI to free this much before a run: it must not be an
     # underestimate, and a gross overestimate would evict other models for nothing.
     model = ddcolor.load_model(tiny_checkpoint, precision=precision, strict_precision=True)
-    measured = peak_live_bytes(model, torch.rand(1, 3, 384, 384))
+    x = torch.rand(1, 3, 384, 384)
+    with torch.inference_mode():
+        measured = peak_live_bytes(lambda: model(x))
     estimate = ddcolor.activation_bytes(model, 384)
     assert measured <= estimate <= 2.5 * measured, (measured, estimate)
 
@@ -239,20 +214,6 @@ class ConstantChroma(torch.nn.Module):
         return 40 * self.mix(x)
 
 
-def peak_live_bytes_of(call) -> int:
-    """Peak bytes of tensors alive during ``call()``, from the profiler's allocation timeline."""
-    from torch.profiler import profile
-    from torch.profiler._memory_profiler import Action, MemoryProfile
-
-    with profile(profile_memory=True) as prof:
-        call()
-    live = peak = 0
-    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
-        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
-        peak = max(peak, live)
-    return peak
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 def test_full_resolution_memory_is_the_output_and_a_band(monkeypatch, dtype):
     # The issue's bound: at most 16 bytes per pixel beyond the input and the
@@ -260,5 +221,5 @@ def test_full_resolution_memory_is_the_output_and_a_band(monkeypatch, dtype):
     monkeypatch.setattr(ddcolor.pipeline, "BAND_PIXELS", 1 << 14)
     images = torch.rand(1, 700, 900, 3) if dtype == torch.float32 else torch.randint(0, 256, (1, 700, 900, 1), dtype=torch.uint8)
     output_bytes = 700 * 900 * 3 * dtype.itemsize
-    extra = peak_live_bytes_of(lambda: ddcolor.colorize(ConstantChroma(), images, size=64, dtype=dtype)) - output_bytes
+    extra = peak_live_bytes(lambda: ddcolor.colorize(ConstantChroma(), images, size=64, dtype=dtype)) - output_bytes
     assert extra <= 16 * 700 * 900, extra  # in fact about 4: the bands, and rows of 64 values per image row

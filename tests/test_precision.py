@@ -19,10 +19,8 @@ from collections import Counter
 from functools import lru_cache
 from unittest import mock
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -30,11 +28,10 @@ import ddcolor
 from ddcolor import model as model_module
 from ddcolor import precision
 from ddcolor.checkpoint import model_from_state_dict
-from ddcolor.color import colorfulness, gray_rgb_from_lightness, lab_to_rgb, rgb_to_lab
 from ddcolor.precision import apply_precision, fp32_modules, resolve_precision
 from tests.calibrated import BOUNDARY_RECIPES, STREAM_RECIPES, boundary_peaks, stressed
-from tests.conftest import calibrated_checkpoint
 from tests.oracle import load_state
+from tests.support import calibrated_checkpoint, colorfulness_of, fixture_inputs, fresh_model
 
 FP16_MAX = 65504.0
 NUMERICS_SIZE = 128
@@ -172,6 +169,7 @@ def test_most_conv_and_linear_work_runs_in_fp16(tiny_checkpoint):
     assert share > HALF_FLOPS, dict(counter.flops)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stress", [False, True], ids=["calibrated", "every-boundary-stressed"])
 def test_balancing_for_half_is_exact_in_fp32(tiny_checkpoint, stress):
     state = load_state(tiny_checkpoint)
@@ -210,27 +208,10 @@ def test_weights_out_of_fp16_range_stay_fp32(tiny_checkpoint, caplog):
 # ----------------------------------------------------------------------------- numerics
 
 
-def fixture_inputs(paths, size: int) -> torch.Tensor:
-    """Fixture photos as the network sees them: the lightness of the resized photo, as gray RGB."""
-    from PIL import Image
-
-    batch = []
-    for path in paths:
-        rgb = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255)
-        rgb = F.interpolate(rgb.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", antialias=True)
-        batch.append(gray_rgb_from_lightness(rgb_to_lab(rgb)[:, :1]))
-    return torch.cat(batch)
-
-
 def fixture_free_inputs(count: int, size: int = 64) -> torch.Tensor:
     from tests.calibrated import calibration_images
 
     return calibration_images(size, count=count, seed=11)
-
-
-def colorfulness_of(x: torch.Tensor, ab: torch.Tensor) -> float:
-    lab = torch.cat([rgb_to_lab(x)[:, :1], ab.clamp(-128, 127)], dim=1)
-    return colorfulness(lab_to_rgb(lab))
 
 
 @lru_cache(maxsize=4)
@@ -244,11 +225,6 @@ def _reference(variant: str, recipe: str | None, photos: tuple) -> tuple[dict, t
     with torch.inference_mode():
         ab = model_from_state_dict(dict(state))(x)
     return state, x, ab
-
-
-def fresh_model(state: dict, **kwargs) -> torch.nn.Module:
-    """A model that owns its tensors: balancing for half rewrites them in place, and ``state`` is shared."""
-    return model_from_state_dict({k: v.clone() for k, v in state.items()}, **kwargs)
 
 
 def half_precision_report(variant: str, recipe: str | None, name: str, photos: list) -> dict:
@@ -274,6 +250,7 @@ def half_precision_report(variant: str, recipe: str | None, name: str, photos: l
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", STREAM_RECIPES + BOUNDARY_RECIPES)
 def test_stress_recipes_leave_fp16_range_but_not_the_fp32_output(recipe, tiny_checkpoint):
     state = load_state(tiny_checkpoint)
@@ -287,6 +264,7 @@ def test_stress_recipes_leave_fp16_range_but_not_the_fp32_output(recipe, tiny_ch
     assert (ab - reference).abs().max() < 1e-4 * reference.abs().max()
 
 
+@pytest.mark.slow
 def test_blocks_recipe_overflows_fp16_in_fp32(fixture_photos):
     state, x, _ = _reference("tiny", "blocks", tuple(fixture_photos))
     model = model_from_state_dict(dict(state))
@@ -301,6 +279,7 @@ def test_blocks_recipe_overflows_fp16_in_fp32(fixture_photos):
 LARGE_RECIPES = (None, "blocks", *STREAM_RECIPES, "taps", "pixel_features")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant, recipe",
     [("tiny", r) for r in (None, "blocks", *STREAM_RECIPES, *BOUNDARY_RECIPES)] + [("large", r) for r in LARGE_RECIPES],
@@ -313,6 +292,7 @@ def test_fp16_meets_its_bounds_on_every_stress_recipe(variant, recipe, fixture_p
     assert report["weights"] <= HALF_WEIGHTS and report["half_flops"] > HALF_FLOPS, report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["tiny", "large"])
 def test_mixed_meets_fp16_bounds(variant, fixture_photos):
     """What auto runs on CPUs with native bf16 must be as faithful as fp16."""
@@ -322,6 +302,7 @@ def test_mixed_meets_fp16_bounds(variant, fixture_photos):
     assert abs(report["colorfulness"]) < COLORFULNESS, report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["tiny", "large"])
 def test_bf16_stays_close_to_fp32(variant, fixture_photos):
     """bf16 keeps 8 mantissa bits to fp16's 11: 1-2 ab units off on average at
@@ -336,6 +317,7 @@ def test_bf16_stays_close_to_fp32(variant, fixture_photos):
 # ----------------------------------------------------------------------------- the fp32 safety net
 
 
+@pytest.mark.slow
 def test_a_checkpoint_beyond_fp16_is_redone_in_fp32_and_logged_once(fixture_photos, caplog, monkeypatch):
     monkeypatch.setattr(model_module, "_FALLBACKS_LOGGED", set())
     base, x, _ = _reference("tiny", None, tuple(fixture_photos))

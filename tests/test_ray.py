@@ -27,8 +27,7 @@ from PIL import Image
 
 from ddcolor.cli import main
 from ddcolor.cli.batch import DONE, FAILED, Job, Outcome, Summary
-from tests.test_cli import photo
-from tests.test_video_cli import probe, write_clip
+from tests.support import photo, probe, write_clip
 
 REPO = Path(__file__).resolve().parent.parent
 # Ray binds every node to the machine's network address unless told it is a
@@ -138,6 +137,7 @@ def cluster(ray_environment):
 # ----------------------------------------------------------------------------- on a cluster
 
 
+@pytest.mark.slow
 def test_ray_alone_runs_on_a_local_instance_stops_on_ctrl_c_and_resumes(ray_environment, tmp_path, small_checkpoint):
     """``--ray`` without an address, no cluster running: a local instance is started and
     stopped with the run. Ctrl-C stops the run with complete files only and an honest
@@ -191,6 +191,7 @@ def test_ray_alone_runs_on_a_local_instance_stops_on_ctrl_c_and_resumes(ray_envi
     assert files(out) == files(tmp_path / "local")
 
 
+@pytest.mark.slow
 def test_a_cluster_run_writes_what_the_local_run_writes(cluster, tmp_path, small_checkpoint, capsys, monkeypatch):
     """Same files byte for byte, same summary and exit code, a corrupt file reported,
     options (format, quality, suffix) meaning the same."""
@@ -227,6 +228,7 @@ def test_a_cluster_run_writes_what_the_local_run_writes(cluster, tmp_path, small
     assert "CPU worker(s) of 1 core(s)" in captured.err
 
 
+@pytest.mark.slow
 def test_a_node_killed_mid_run_loses_nothing_and_does_nothing_twice(cluster, ray_environment, tmp_path, small_checkpoint):
     """SIGKILL the node whose worker is colorizing, mid-run: Ray restarts the worker on
     the other node and retries what was lost; every image ends up written once, whole,

@@ -14,7 +14,7 @@ import ddcolor
 from ddcolor import temporal
 from ddcolor.color import rgb_to_lab
 from tests.oracle import whole_image_colorize
-from tests.test_pipeline import MemoryLimited
+from tests.support import MemoryLimited
 
 SIZE = 96  # working size
 HEIGHT, WIDTH = 72, 112

@@ -9,11 +9,8 @@ small working size, so the whole file stays fast.
 from __future__ import annotations
 
 import os
-import select
-import signal
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,108 +21,14 @@ from PIL import Image
 import ddcolor
 import ddcolor.video as video_engine
 from ddcolor.cli import main
+from tests.support import (
+    SINE_HZ, colorfulness, dominant_hz, interrupt, leftovers, probe, scene, started, wait_for_stderr, write_clip,
+)
 
 av = pytest.importorskip("av")
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = "64"  # working resolution: enough for color, small enough to be fast
-SINE_HZ = 440
-
-
-def scene(index: int, width: int, height: int) -> np.ndarray:
-    """Frame ``index`` of a gray scene panning right: a gradient with a few blocks, uint8 (H, W)."""
-    x = (np.arange(width) + 3 * index) / width
-    image = 40 + 160 * (0.5 + 0.5 * np.sin(2 * np.pi * x))[None, :].repeat(height, 0)
-    for k, (bx, by) in enumerate(((0.2, 0.2), (0.6, 0.5), (0.4, 0.7))):
-        left, top = int((bx * width + 3 * index) % (width - 8)), int(by * (height - 8))
-        image[top : top + height // 4, left : left + width // 6] = 30 + 90 * k
-    return image.astype(np.uint8)
-
-
-def write_clip(
-    path: Path, *, frames: int = 12, width: int = 64, height: int = 48, fps: int = 24,
-    audio: str | None = "aac", times: list[int] | None = None, rotation: int | None = None,
-    container: str | None = None, noise: bool = False, flicker: bool = False,
-) -> Path:
-    """A gray H.264 clip; ``times`` gives each frame's timestamp in 1/fps (variable frame rate);
-    ``audio`` is the codec of a sine track lasting as long as the video (None: no audio);
-    ``flicker``: a static shot with film grain and exposure flicker instead of a pan."""
-    rng = np.random.default_rng(0)
-    times = times or list(range(frames))
-    with av.open(str(path), "w", format=container) as output:
-        video = output.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv444p" if width % 2 or height % 2 else "yuv420p"
-        video.time_base = video.codec_context.time_base = Fraction(1, fps)
-        if rotation is not None:
-            video.set_display_rotation(rotation)
-        track = None
-        if audio:
-            track = output.add_stream(audio, rate=44100)
-            track.layout = "stereo" if audio == "aac" else "mono"
-        for i, stamp in enumerate(times):
-            gray = scene(i, width, height)
-            if flicker:
-                shot = scene(0, width, height) + 6 * np.sin(i) + rng.normal(0, 4, (height, width))
-                gray = np.clip(shot, 0, 255).astype(np.uint8)
-            if noise:  # incompressible frames make a file big enough to damage in its middle
-                gray = rng.integers(0, 256, gray.shape, dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, axis=2), format="rgb24")
-            frame.pts, frame.time_base = stamp, Fraction(1, fps)
-            output.mux(video.encode(frame))
-        output.mux(video.encode())
-        if track is not None:
-            samples = int(44100 * (times[-1] + 1) / fps)
-            wave = 0.3 * np.sin(2 * np.pi * SINE_HZ * np.arange(samples) / 44100)
-            layout = track.layout.name
-            for start in range(0, samples, 1024):
-                block = wave[start : start + 1024]
-                if audio == "aac":  # float planar stereo
-                    frame = av.AudioFrame.from_ndarray(np.stack([block, block]).astype(np.float32), format="fltp", layout=layout)
-                else:  # 16-bit packed mono
-                    frame = av.AudioFrame.from_ndarray((block * 32767).astype(np.int16)[None], format="s16", layout=layout)
-                frame.sample_rate, frame.pts = 44100, start
-                output.mux(track.encode(frame))
-            output.mux(track.encode())
-    return path
-
-
-def probe(path: Path) -> dict:
-    """What a player sees: frames (uint8 RGB), their times, rate, size, and each audio track decoded."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        decoded = list(container.decode(stream))
-        facts = {
-            "codec": stream.codec_context.name,
-            "frames": np.stack([f.to_ndarray(format="rgb24") for f in decoded]),
-            "times": [float(f.time) for f in decoded],
-            "rate": stream.average_rate,
-            "size": (stream.codec_context.width, stream.codec_context.height),
-            "rotation": decoded[0].rotation,
-        }
-    audio = []
-    with av.open(str(path)) as container:
-        for track in container.streams.audio:
-            samples = np.concatenate([f.to_ndarray().reshape(f.layout.nb_channels if f.format.is_planar else 1, -1)[0] for f in container.decode(track)])
-            audio.append({"codec": track.codec_context.name, "rate": track.codec_context.sample_rate, "samples": samples})
-            container.seek(0)
-    facts["audio"] = audio
-    return facts
-
-
-def colorfulness(frames: np.ndarray) -> float:
-    """Mean spread between the RGB channels: 0 for gray."""
-    frames = frames.astype(np.float32)
-    return float((frames.max(axis=-1) - frames.min(axis=-1)).mean())
-
-
-def dominant_hz(samples: np.ndarray, rate: int) -> float:
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64)))
-    return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
-
-
-def leftovers(folder: Path) -> list[str]:
-    """Every file under ``folder``, hidden temporaries included."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 def run(*args) -> int:
@@ -392,25 +295,12 @@ def test_ctrl_c_stops_a_video_promptly_and_leaves_no_file(tmp_path, small_checkp
     clip = write_clip(tmp_path / "long.mp4", frames=400)
     write_clip(tmp_path / "next.mp4", frames=4)
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ddcolor", "colorize", str(clip), str(tmp_path / "next.mp4"), "-o", str(out),
-         "--model", str(small_checkpoint), "--size", SIZE, "--temporal", "0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        seen = b""
-        while b"long.mp4: frame" not in seen:  # the first frames are colorized: the clip is under way
-            assert time.monotonic() < deadline, f"no progress line within 60 s: {seen!r}"
-            assert process.poll() is None, f"exited early: {seen!r}"
-            if select.select([process.stderr], [], [], 1.0)[0]:
-                seen += os.read(process.stderr.fileno(), 4096)
+    command = [sys.executable, "-m", "ddcolor", "colorize", clip, tmp_path / "next.mp4", "-o", out,
+               "--model", small_checkpoint, "--size", SIZE, "--temporal", "0"]
+    with started(command, env={**os.environ, "OMP_NUM_THREADS": "1"}) as process:
+        wait_for_stderr(process, b"long.mp4: frame", timeout=60)  # the first frames are colorized: the clip is under way
         assert leftovers(out) and all(name.endswith(".part") for name in leftovers(out))  # written as it goes
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = (b.decode() for b in process.communicate(timeout=60))
-    finally:
-        if process.poll() is None:
-            process.kill()
+        stdout, stderr = interrupt(process, timeout=60)
     assert process.returncode == 130, stderr
     assert "a video stops at its next frames and is not written" in stderr
     assert leftovers(out) == []
