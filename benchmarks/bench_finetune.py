@@ -13,7 +13,7 @@ leanest). ``--full`` runs DDColor-L over the whole grid too.
 Each row runs in a fresh Python process, so its peak RSS (``ru_maxrss``: the
 process's largest resident set, Python, torch and loading the checkpoint
 included) is that configuration's alone. A row trains the calibrated
-checkpoint (``tests/conftest.py``) on random smooth color crops at ``--size``
+checkpoint (``tests/support.py``) on random smooth color crops at ``--size``
 (256, as the published models were trained), batch ``--batch`` (2): one
 warm-up step (the optimizer's state is made there), then ``--steps`` timed
 steps, their median reported. The perceptual loss is off in every row: its
@@ -137,7 +137,7 @@ def _is_out_of_memory(error: Exception) -> bool:
 
 def run_row(variant: str, precision: str, train: str, checkpointing: str, size: int, batch: int, steps: int) -> dict:
     """One row in this process (``--row``); its peak RSS is this process's."""
-    from tests.conftest import calibrated_checkpoint
+    from tests.support import calibrated_checkpoint
 
     torch.manual_seed(0)  # LoRA's adapters start from torch's generator
     rss_before = _peak_rss()

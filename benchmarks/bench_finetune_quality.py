@@ -4,7 +4,7 @@
     python benchmarks/bench_finetune_quality.py                          # tiny, 128 px, 150 steps
     python benchmarks/bench_finetune_quality.py --steps 300 --size 192 --markdown benchmarks/RESULTS.md
 
-From the calibrated DDColor-T checkpoint (tests/conftest.py; synthetic
+From the calibrated DDColor-T checkpoint (tests/support.py; synthetic
 weights, not the published ones), fine-tune with ``ddcolor.finetune`` on the
 color photographs that scikit-image ships inside its package (astronaut,
 coffee, rocket, the two motorcycle views, retina, immunohistochemistry,
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_engine import machine  # noqa: E402
-from tests.conftest import FIXTURES, calibrated_checkpoint  # noqa: E402
+from tests.support import FIXTURES, calibrated_checkpoint  # noqa: E402
 
 TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
                 "retina.jpg", "ihc.png", "hubble_deep_field.jpg")
