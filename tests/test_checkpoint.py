@@ -206,6 +206,7 @@ def test_spectral_norm_folding_matches_pytorch_eval_mode():
     assert torch.equal(folded["c.weight"], conv.weight)
 
 
+@pytest.mark.slow
 def test_stored_spectral_vectors_are_used_as_is(tiny_checkpoint):
     # Unconverged vectors give a different (smaller) sigma; PyTorch's eval
     # mode uses them as stored, and so must we.
