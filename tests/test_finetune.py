@@ -82,7 +82,6 @@ def parameters(trainer: Trainer) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- the loop
 
 
-@pytest.mark.slow
 def test_loss_falls_on_a_small_set(tmp_path, small_checkpoint):
     # Two 64x64 photos, both in every batch: the fit to them must improve clearly.
     result = finetune(config(tmp_path, small_checkpoint, steps=30), color_scenes(2))
@@ -237,7 +236,6 @@ def test_the_held_out_share_is_fixed_by_the_seed():
 # ----------------------------------------------------------------------------- perceptual loss
 
 
-@pytest.mark.slow
 def test_perceptual_loss_reads_vgg16_bn_from_torchs_cache_or_says_where_to_put_it(tmp_path, monkeypatch, small_checkpoint):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     expected = tmp_path / "hub" / "checkpoints" / "vgg16_bn-6c64b313.pth"

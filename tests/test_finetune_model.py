@@ -168,7 +168,8 @@ def test_lora_starts_as_the_base_model_and_merges_exactly(small_checkpoint, smal
     torch.manual_seed(0)
     model = trainable_model(small_state, train="lora", rank=4)
     gray, ab = color_pair()
-    assert relative_difference(load_model(small_checkpoint)(gray), eval_output(model, gray)) < 1e-6
+    # Zero-initialised adapters: the base model's output up to summation order (1.1e-6 with one thread).
+    assert relative_difference(load_model(small_checkpoint)(gray), eval_output(model, gray)) < 1e-5
     l1_steps(model, gray, ab, steps=3, lr=3e-3)
     unmerged = eval_output(model, gray)
     merged = load_model(save_checkpoint(model, tmp_path / "lora.pth"))(gray)

@@ -141,7 +141,6 @@ def test_fp16_pipeline_is_close_to_fp32(small_checkpoint, model, photos):
     assert (full - low).abs().mean() < 2 / 255
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_activation_estimate_bounds_what_a_forward_really_uses(tiny_checkpoint, precision):
     # The node asks ComfyUI to free this much before a run: it must not be an

@@ -169,8 +169,9 @@ def test_most_conv_and_linear_work_runs_in_fp16(tiny_checkpoint):
     assert share > HALF_FLOPS, dict(counter.flops)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stress", [False, True], ids=["calibrated", "every-boundary-stressed"])
+@pytest.mark.parametrize(
+    "stress", [pytest.param(False, id="calibrated"), pytest.param(True, id="every-boundary-stressed", marks=pytest.mark.slow)]
+)
 def test_balancing_for_half_is_exact_in_fp32(tiny_checkpoint, stress):
     state = load_state(tiny_checkpoint)
     x = fixture_free_inputs(2)
@@ -279,10 +280,11 @@ def test_blocks_recipe_overflows_fp16_in_fp32(fixture_photos):
 LARGE_RECIPES = (None, "blocks", *STREAM_RECIPES, "taps", "pixel_features")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant, recipe",
-    [("tiny", r) for r in (None, "blocks", *STREAM_RECIPES, *BOUNDARY_RECIPES)] + [("large", r) for r in LARGE_RECIPES],
+    [("tiny", None)]
+    + [pytest.param("tiny", r, marks=pytest.mark.slow) for r in ("blocks", *STREAM_RECIPES, *BOUNDARY_RECIPES)]
+    + [pytest.param("large", r, marks=pytest.mark.slow) for r in LARGE_RECIPES],
 )
 def test_fp16_meets_its_bounds_on_every_stress_recipe(variant, recipe, fixture_photos):
     report = half_precision_report(variant, recipe, "fp16", fixture_photos)
@@ -292,8 +294,7 @@ def test_fp16_meets_its_bounds_on_every_stress_recipe(variant, recipe, fixture_p
     assert report["weights"] <= HALF_WEIGHTS and report["half_flops"] > HALF_FLOPS, report
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ["tiny", "large"])
+@pytest.mark.parametrize("variant", ["tiny", pytest.param("large", marks=pytest.mark.slow)])
 def test_mixed_meets_fp16_bounds(variant, fixture_photos):
     """What auto runs on CPUs with native bf16 must be as faithful as fp16."""
     report = half_precision_report(variant, None, "mixed", fixture_photos)
@@ -302,8 +303,7 @@ def test_mixed_meets_fp16_bounds(variant, fixture_photos):
     assert abs(report["colorfulness"]) < COLORFULNESS, report
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ["tiny", "large"])
+@pytest.mark.parametrize("variant", ["tiny", pytest.param("large", marks=pytest.mark.slow)])
 def test_bf16_stays_close_to_fp32(variant, fixture_photos):
     """bf16 keeps 8 mantissa bits to fp16's 11: 1-2 ab units off on average at
     this small size (the original under bf16 autocast is as far off,
