@@ -32,15 +32,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / ".cache" / "bench"
 
 
 def checkpoint(variant: str) -> Path:
-    path = CACHE / f"calibrated_{variant}.pth"
-    if not path.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "tests.calibrated", "--variant", variant, "--out", str(path)], cwd=REPO, check=True)
-    return path
+    """The calibrated checkpoint of ``variant``: the test suite's, built once into .cache/tests."""
+    sys.path.insert(0, str(REPO))
+    from tests.support import calibrated_checkpoint
+
+    return calibrated_checkpoint(variant)
 
 
 def measure(impl: str, path: str, size: int, precision: str, device: str, repeats: int, live: bool = False) -> dict:
