@@ -131,13 +131,20 @@ class DDColorFinetune:
         }
 
     def finetune(self, images, **widgets):
+        import torch
+
+        # ComfyUI runs nodes under torch.inference_mode(); training needs autograd, and tensors
+        # made under inference mode cannot be saved for a backward pass (core Train LoRA does the same).
+        with torch.inference_mode(False):
+            return self._finetune(images, {name: values[0] for name, values in widgets.items()})  # INPUT_IS_LIST
+
+    def _finetune(self, images: list, settings: dict):
         import comfy.model_management as mm
         import folder_paths
 
         from ..ddcolor.finetune.config import FinetuneConfig, FinetuneError, TrainingError
         from ..ddcolor.finetune.trainer import FinetuneRun
 
-        settings = {name: values[0] for name, values in widgets.items()}  # one value each (INPUT_IS_LIST)
         mm.throw_exception_if_processing_interrupted()
         if not images or all(batch.shape[0] == 0 for batch in images):
             raise ValueError("images: the batch is empty; connect color photos (e.g. Load Image Dataset from Folder)")
