@@ -111,12 +111,20 @@ def finetune_inputs() -> list[Input]:
 
 
 def finetune(images, **widgets):
+    import torch
+
+    # ComfyUI runs nodes under torch.inference_mode(); training needs autograd, and tensors
+    # made under inference mode cannot be saved for a backward pass (core Train LoRA does the same).
+    with torch.inference_mode(False):
+        return _finetune(images, {name: values[0] for name, values in widgets.items()})  # INPUT_IS_LIST
+
+
+def _finetune(images: list, settings: dict):
     import comfy.model_management as mm
     import folder_paths
 
     from ..ddcolor.finetune import FinetuneConfig, FinetuneError, FinetuneRun, TrainingError
 
-    settings = {name: values[0] for name, values in widgets.items()}  # one value each (INPUT_IS_LIST)
     mm.throw_exception_if_processing_interrupted()
     if not images or all(batch.shape[0] == 0 for batch in images):
         raise ValueError("images: the batch is empty; connect color photos (e.g. Load Image Dataset from Folder)")

@@ -51,11 +51,14 @@ def color_photos(count: int = 4, height: int = 72, width: int = 80) -> torch.Ten
 
 
 def run(node, images, **changes):
-    """The node's function as ComfyUI calls it (INPUT_IS_LIST: every input a list); returns its result dict."""
+    """The node's function as ComfyUI calls it: under torch.inference_mode(), every input a list (INPUT_IS_LIST),
+    the images made in inference mode as a loader's are; returns its result dict."""
     widgets = dict(model="start.pth", steps=STEPS, batch=2, size=SIZE, learning_rate=1e-3, precision="fp32", train="all",
                    gradient_checkpointing=False, seed=0, file_name="tuned.pth", perceptual=False, overwrite=False)
     widgets.update(changes)
-    return node.finetune(images if isinstance(images, list) else [images], **{name: [value] for name, value in widgets.items()})
+    with torch.inference_mode():
+        images = [image.clone() for image in (images if isinstance(images, list) else [images])]
+        return node.finetune(images, **{name: [value] for name, value in widgets.items()})
 
 
 def listed(comfy) -> list[str]:
