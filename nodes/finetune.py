@@ -150,9 +150,9 @@ def _finetune(images: list, settings: dict):
     locate_checkpoint(settings["model"], folders, _download_progress())
 
     mm.unload_all_models()  # training needs the device's memory to itself
-    bar = _step_bar(config.steps)
+    steps = StepProgress(config.steps)
     try:
-        result = run.train(progress=bar, should_stop=mm.processing_interrupted)
+        result = run.train(progress=steps, should_stop=steps.should_stop)
     except TrainingError as e:
         raise RuntimeError(in_widget_terms(str(e))) from None
     finally:
@@ -202,12 +202,25 @@ def _refusal(error: Exception, config) -> str:
     return message
 
 
-def _step_bar(steps: int):
-    """A progress callback that moves the node's bar by one step."""
-    import comfy.utils
+class StepProgress:
+    """The node's bar, one step at a time, and Cancel as ComfyUI signals it: its interrupt flag, or the
+    exception its progress hook raises (clearing the flag). Caught here, that exception would otherwise
+    end the run mid-loop without a snapshot; noted, the run stops at the next step and keeps one."""
 
-    bar = comfy.utils.ProgressBar(steps)
-    return lambda step, total, losses: bar.update_absolute(step, total)
+    def __init__(self, steps: int):
+        import comfy.model_management as mm
+        import comfy.utils
+
+        self.mm, self.bar, self.cancelled = mm, comfy.utils.ProgressBar(steps), False
+
+    def __call__(self, step: int, total: int, losses: dict) -> None:
+        try:
+            self.bar.update_absolute(step, total)
+        except self.mm.InterruptProcessingException:
+            self.cancelled = True
+
+    def should_stop(self) -> bool:
+        return self.cancelled or self.mm.processing_interrupted()
 
 
 def _shown(files) -> list[dict]:

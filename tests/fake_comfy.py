@@ -123,6 +123,7 @@ def install(monkeypatch, models_dir: Path) -> ComfyRecord:
             record.bars.append(total)
 
         def update_absolute(self, value, total=None, preview=None):
+            throw_exception_if_processing_interrupted()  # as ComfyUI's progress hook does first
             record.progress.append((value, total if total is not None else self.total))
             if record.on_progress is not None:
                 record.on_progress(value, total)

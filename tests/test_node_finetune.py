@@ -115,6 +115,16 @@ def test_cancel_keeps_the_snapshot_writes_no_checkpoint_and_queueing_again_conti
     assert (comfy.folder / "tuned.pth").is_file() and not (comfy.reports / "tuned_snapshot.pt").exists()
 
 
+def test_cancel_seen_by_comfyuis_progress_hook_stops_at_the_next_step(comfy):
+    # ComfyUI's progress hook raises the interrupt (and clears the flag) inside the bar's update:
+    # the run must not die there, mid-loop and without a snapshot, but stop at the next step.
+    steps = node_module.StepProgress(STEPS)
+    assert not steps.should_stop()
+    comfy.interrupted = True
+    steps(1, STEPS, {"loss": 1.0})
+    assert not comfy.interrupted and steps.should_stop()
+
+
 # ----------------------------------------------------------------------------- refusals, before any work
 
 
