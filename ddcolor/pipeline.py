@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .color import gray_rgb_from_lightness, lab_to_rgb, rgb_to_lightness
 from .model import SIZE_MULTIPLE, DDColor
+from .precision import precision_plan
 from .temporal import TemporalState, check_strength, stabilize, working_copy
 
 log = logging.getLogger("ddcolor")
@@ -116,7 +117,7 @@ def colorize(
                 if n == 1:
                     raise MemoryError(
                         f"out of memory colorizing one {tuple(images.shape[1:3])} image at size {size} "
-                        f"({model.precision}) on {device}; lower size, use fp16, or free memory used by other models"
+                        f"({precision_plan(model).precision}) on {device}; lower size, use fp16, or free memory used by other models"
                     ) from e
                 chunk = n // 2
                 log.warning("ddcolor: out of memory with %d images at once; retrying %d at a time", n, chunk)

@@ -4,7 +4,9 @@ In fp16 / bf16 the weights of every conv and linear are held in half, so the
 model's weight memory halves. Tensors listed in a module's ``fp32_tensors``
 stay FP32 (normalization layers, the ConvNeXt residual stream's writers,
 depthwise convs and layer scales), and those modules compute in FP32.
-``fp32_modules(model)`` lists them.
+``fp32_modules(model)`` lists them. What a model holds is one record,
+``PrecisionPlan``, set only by ``apply_precision`` and read with
+``precision_plan(model)``.
 
 ``mixed`` is what ``auto`` (and fp16) runs on a CPU with native bf16 units:
 bf16 only in the ConvNeXt MLP layers of ``MIXED_SPLITS``, FP32 everywhere else.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, NamedTuple
 
@@ -57,6 +60,28 @@ class Resolved(NamedTuple):
 
     precision: str
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How a model holds its weights: set by ``apply_precision``, read with ``precision_plan``."""
+
+    precision: str = "fp32"  # one of RESOLVED
+    # Which ConvNeXt MLP layers ``mixed`` holds in bf16 (as in ``MIXED_SPLITS``); None for the others.
+    split: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    # Modules whose weights ``precision`` could not hold, so they stay FP32.
+    kept_in_fp32: tuple[str, ...] = ()
+    # Whether the modules with ``balance_for_half`` have rewritten themselves (done once per model).
+    balanced_for_half: bool = False
+
+
+# The one attribute a model holds its plan in (a model never converted has none: fp32).
+_PLAN_ATTRIBUTE = "_precision_plan"
+
+
+def precision_plan(model: nn.Module) -> PrecisionPlan:
+    """What ``model`` runs in: its ``PrecisionPlan`` (FP32 for a model ``apply_precision`` never saw)."""
+    return getattr(model, _PLAN_ATTRIBUTE, PrecisionPlan())
 
 
 def resolve_precision(precision: str, device: torch.device | str, *, strict: bool = False) -> Resolved:
@@ -117,7 +142,7 @@ def mixed_split() -> tuple[tuple[int, ...], tuple[int, ...]]:
     return MIXED_SPLITS.get(cpu_bf16_units() or "avx512", MIXED_SPLITS["avx512"])
 
 
-def weight_dtype(precision: str, module_name: str, split: tuple[tuple[int, ...], tuple[int, ...]]) -> torch.dtype:
+def weight_dtype(precision: str, module_name: str, split: tuple[tuple[int, ...], tuple[int, ...]] | None) -> torch.dtype:
     """The dtype ``precision`` holds a module's (unpinned) weights in; ``split`` as in ``MIXED_SPLITS``."""
     if precision == "mixed":
         found = re.fullmatch(r"encoder\.arch\.stages\.(\d)\.\d+\.pwconv([12])", module_name)
@@ -130,7 +155,7 @@ def apply_precision(model: nn.Module, precision: str, *, split: tuple | None = N
     """Hold ``model``'s weights in ``precision``, keeping pinned tensors FP32. In place.
 
     ``split``: which MLP layers ``mixed`` holds in bf16 (default: this CPU's
-    ``MIXED_SPLITS`` entry); kept as ``model.mixed_split``.
+    ``MIXED_SPLITS`` entry). What was done is the model's ``precision_plan``.
 
     Before the first conversion to half, modules that have ``balance_for_half``
     rewrite themselves exactly (in FP32) so their half tensors stay in range;
@@ -138,12 +163,13 @@ def apply_precision(model: nn.Module, precision: str, *, split: tuple | None = N
     """
     if precision not in RESOLVED:
         raise ValueError(f"precision must be one of {', '.join(RESOLVED)}; got {precision!r}")
-    if precision != "fp32" and not getattr(model, "balanced_for_half", False):
+    balanced = precision_plan(model).balanced_for_half
+    if precision != "fp32" and not balanced:
         for module in model.modules():
             if hasattr(module, "balance_for_half"):
                 module.balance_for_half()
-        model.balanced_for_half = True
-    split = split or mixed_split()
+        balanced = True
+    split = (split or mixed_split()) if precision == "mixed" else None
     kept = []
     for module_name, module in model.named_modules():
         pinned = set(getattr(module, "fp32_tensors", ()))
@@ -168,9 +194,7 @@ def apply_precision(model: nn.Module, precision: str, *, split: tuple | None = N
             setattr(module, name, value)
     if kept:
         log.info("ddcolor: %d layer(s) with weights out of %s's range stay fp32: %s", len(kept), precision, ", ".join(kept[:4]))
-    model.kept_in_fp32 = kept
-    model.precision = precision
-    model.mixed_split = split
+    setattr(model, _PLAN_ATTRIBUTE, PrecisionPlan(precision, split, tuple(kept), balanced))
     return model
 
 
@@ -195,8 +219,8 @@ def full_precision(model: nn.Module) -> Iterator[None]:
     Half weights widen to FP32 exactly and narrow back to the same values, so
     nothing is lost; the FP32 copy lives only for the block.
     """
-    previous = getattr(model, "precision", "fp32")
-    if previous == "fp32":
+    previous = precision_plan(model)
+    if previous.precision == "fp32":
         yield
         return
     with torch.inference_mode(False):  # parameters must not become inference tensors
@@ -205,7 +229,7 @@ def full_precision(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         with torch.inference_mode(False):
-            apply_precision(model, previous, split=getattr(model, "mixed_split", None))
+            apply_precision(model, previous.precision, split=previous.split)
 
 
 def fp32_modules(model: nn.Module) -> list[str]:
@@ -213,7 +237,7 @@ def fp32_modules(model: nn.Module) -> list[str]:
 
     Those pinned by design, plus any whose weights half precision could not hold.
     """
-    kept = set(getattr(model, "kept_in_fp32", ()))
+    kept = set(precision_plan(model).kept_in_fp32)
     return [name for name, module in model.named_modules() if getattr(module, "fp32_tensors", ()) or name in kept]
 
 

@@ -19,6 +19,7 @@ from ..ddcolor import (
     activation_bytes,
     colorize,
     load_model,
+    precision_plan,
     resolve_precision,
     snap_size,
 )
@@ -180,7 +181,7 @@ def _load(choice: str, precision: str):
         model = load_model(path, device=offload_device, precision=resolved, strict_precision=True)
         log.info(
             "ddcolor: loaded %s (%s, %s) for %s in %.1f s",
-            path.name, model.config.variant, model.precision, load_device, time.perf_counter() - start,
+            path.name, model.config.variant, precision_plan(model).precision, load_device, time.perf_counter() - start,
         )
         return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 

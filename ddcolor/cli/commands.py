@@ -188,7 +188,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_FAILED
         report_decided_failures(decided, progress)
-        progress.write(f"model {args.model} on {device} ({model.precision}), size {ddcolor.snap_size(size)}, {describe_jobs(len(jobs) - clips, clips, clip_options, args)}")
+        progress.write(f"model {args.model} on {device} ({ddcolor.precision_plan(model).precision}), size {ddcolor.snap_size(size)}, {describe_jobs(len(jobs) - clips, clips, clip_options, args)}")
         notice = "stopping after the current image; a video stops at its next frames and is not written" if clips else None
         try:
             with StopRequest(progress.write, notice=notice) as stop:

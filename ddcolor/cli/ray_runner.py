@@ -418,7 +418,7 @@ class ModelWorker:
 
         node = ray.get_runtime_context().get_node_id()
         threads = f", {torch.get_num_threads()} thread(s)" if self.device == "cpu" else ""
-        print(f"worker on node {node}: {self.device} ({self.model.precision}){threads}", flush=True)
+        print(f"worker on node {node}: {self.device} ({ddcolor.precision_plan(self.model).precision}){threads}", flush=True)
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
