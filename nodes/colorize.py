@@ -23,7 +23,7 @@ from ..ddcolor import (
     resolve_precision,
     snap_size,
 )
-from .models import FOLDER_NAME, ModelCache, cache_key, locate_checkpoint, model_choices
+from .models import FOLDER_NAME, ModelCache, cache_key, checkpoint_files, download_progress, locate_checkpoint, model_choices
 from .schema import COMBO, Input, NodeSpec, Output
 
 log = logging.getLogger("ddcolor")
@@ -70,15 +70,6 @@ TOOLTIPS = {
 }
 
 
-def _checkpoint_files() -> list[str]:
-    """Files in ComfyUI's ddcolor folders; none outside ComfyUI."""
-    try:
-        import folder_paths
-    except ImportError:
-        return []
-    return folder_paths.get_filename_list(FOLDER_NAME)
-
-
 def colorize_images(image, precision, size, model=DEFAULT_MODEL, temporal=0.0):
     # model and temporal have defaults: prompts saved before those widgets existed leave them out.
     import comfy.model_management as mm
@@ -120,7 +111,7 @@ def model_inputs(*, model_optional: bool = False) -> list[Input]:
         Input("precision", COMBO, TOOLTIPS["precision"], choices=PRECISIONS, default="fp16"),
         # No control_after_generate: it would add a hidden widget value.
         Input("size", "INT", TOOLTIPS["size"], default=512, min=256, max=2048, step=32),
-        Input("model", COMBO, TOOLTIPS["model"], choices=model_choices(_checkpoint_files()), default=DEFAULT_MODEL,
+        Input("model", COMBO, TOOLTIPS["model"], choices=model_choices(checkpoint_files()), default=DEFAULT_MODEL,
               optional=model_optional),
     ]
 
@@ -172,7 +163,7 @@ def _load(choice: str, precision: str):
     offload_device = mm.unet_offload_device()
     # Resolve for the device the model runs on, not the one it is built on.
     resolved, reason = resolve_precision(precision, load_device)
-    path = locate_checkpoint(choice, folder_paths.get_folder_paths(FOLDER_NAME), _download_progress())
+    path = locate_checkpoint(choice, folder_paths.get_folder_paths(FOLDER_NAME), download_progress())
 
     def build():
         if reason:  # said once per load, not on every prompt that reuses the model
@@ -195,20 +186,3 @@ def _unload_other_models(patcher) -> None:
     # keep_loaded compares LoadedModel entries, not patchers.
     mm.free_memory(float("inf"), patcher.load_device, keep_loaded=[mm.LoadedModel(patcher)])
     mm.soft_empty_cache()
-
-
-def _download_progress():
-    """A callback that shows download bytes on the node's progress bar, created on the first report."""
-    import comfy.utils
-
-    bar = None
-
-    def report(done: int, total: int) -> None:
-        nonlocal bar
-        if total <= 0:
-            return
-        if bar is None:
-            bar = comfy.utils.ProgressBar(total)
-        bar.update_absolute(done, total)
-
-    return report
