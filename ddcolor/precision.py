@@ -108,7 +108,7 @@ def resolve_precision(precision: str, device: torch.device | str, *, strict: boo
 def fast_precisions(device_type: str) -> tuple[str, ...]:
     """Precisions that run at full speed on a device type, preferred first."""
     if device_type == "cuda":
-        return ("fp16", "bf16", "fp32") if torch.cuda.is_bf16_supported() else ("fp16", "fp32")
+        return ("fp16", "bf16", "fp32") if cuda_native_bf16() else ("fp16", "fp32")
     if device_type == "mps":
         return ("fp16", "fp32")
     if device_type == "cpu":
@@ -116,6 +116,17 @@ def fast_precisions(device_type: str) -> tuple[str, ...]:
         # slower than fp32 (benchmarks/bench_matmul_bound.py --dtypes measures it).
         return ("mixed", "bf16", "fp32") if cpu_bf16_units() else ("fp32",)
     return ("fp32",)
+
+
+def cuda_native_bf16() -> bool:
+    """Whether the GPU computes bf16 in hardware: AMD (ROCm), NVIDIA from Ampere (compute capability 8) on.
+
+    Older NVIDIA GPUs only emulate bf16, slower than fp16, although
+    ``torch.cuda.is_bf16_supported()`` says yes for them.
+    """
+    if torch.version.hip:
+        return True
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
 @lru_cache(maxsize=1)

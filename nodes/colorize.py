@@ -42,10 +42,11 @@ TOOLTIPS = {
     "image": "Photos to colorize: any size, grayscale or color (only the lightness is used).",
     "precision": (
         "fp16: half the memory, fastest on NVIDIA GPUs; sensitive layers stay fp32, so colors match fp32 closely. "
-        "bf16: about 1 ab unit off fp32 on average. fp32: the reference. auto: the fastest faithful choice for your "
-        "device. On a CPU with bf16 units (AMX or AVX-512 bf16), fp16 and auto run as mixed (bf16 only in the "
-        "encoder's heaviest layers, as faithful as fp16) and bf16 as bf16; on a CPU without them (AVX2 only), fp16, "
-        "bf16 and auto all run as fp32. On Apple GPUs bf16 runs as fp16. The log says which precision runs."
+        "bf16: coarser than fp16, a little further from fp32's colors. fp32: the reference. auto: the fastest faithful "
+        "choice for your device. On a CPU with bf16 units (AMX or AVX-512 bf16), fp16 and auto run as mixed (bf16 only "
+        "in the encoder's heaviest layers, as faithful as fp16) and bf16 as bf16; on a CPU without them (AVX2 only), "
+        "fp16, bf16 and auto all run as fp32. On Apple GPUs and on NVIDIA GPUs before Ampere (RTX 20, GTX, T4, V100) "
+        "bf16 runs as fp16. The log says which precision runs."
     ),
     "size": (
         "Working resolution the network sees (a square, multiple of 32); the output keeps the input's size. "

@@ -80,12 +80,23 @@ def test_cpus_with_native_bf16_run_mixed_for_auto_and_fp16(monkeypatch, caplog, 
 
 
 def test_precisions_on_cuda_devices(monkeypatch, caplog):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(precision, "cuda_native_bf16", lambda: False)
     assert resolve_precision("auto", "cuda") == ("fp16", None)
     chosen, reason = resolve_precision("bf16", "cuda")
     assert chosen == "fp16" and reason.endswith("running fp16 instead")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision, "cuda_native_bf16", lambda: True)
     assert resolve_precision("bf16", "cuda") == ("bf16", None)
+
+
+@pytest.mark.parametrize("hip, capability, native", [(None, (7, 5), False), (None, (8, 0), True), ("6.2", (9, 4), True)])
+def test_only_gpus_that_compute_bf16_in_hardware_count_as_having_it(monkeypatch, hip, capability, native):
+    # torch.cuda.is_bf16_supported() also says yes where bf16 is emulated (NVIDIA before Ampere), slower than fp16.
+    monkeypatch.setattr(torch.version, "hip", hip)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert precision.cuda_native_bf16() is native
+    assert resolve_precision("bf16", "cuda").precision == ("bf16" if native else "fp16")
 
 
 def test_unknown_precision_names_the_choices():
