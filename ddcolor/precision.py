@@ -44,9 +44,9 @@ DESCRIPTIONS = {
 # (stages whose pwconv1 is bf16, stages whose pwconv2 is bf16), 0-based. The
 # rounding of bf16 products differs between units, so each split was chosen by
 # measuring against fp32 on that kind of CPU (benchmarks/RESULTS.md, "Choosing
-# auto on a CPU"): with AVX-512 bf16 both layers of stages 2 and 3 keep fp16's
-# bounds (83% of DDColor-L's MLP work); with AMX that split reaches max 2.9-3.1
-# ab on DDColor-T at 128, past fp16's 3, and pwconv1 of stage 2 is left FP32.
+# auto on a CPU", has the figures): with AVX-512 bf16 both layers of stages 2
+# and 3 keep fp16's bounds (most of the MLP work); with AMX that split misses
+# fp16's max bound on DDColor-T, and pwconv1 of stage 2 is left FP32.
 MIXED_SPLITS = {"avx512": ((2, 3), (2, 3)), "amx": ((3,), (2, 3))}
 # When a precision is slow or unsupported on a device, what runs instead: the
 # first of these that is fast there. fp16 is never replaced by bf16, which

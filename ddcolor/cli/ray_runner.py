@@ -220,8 +220,8 @@ def plan_workers(ray, device: str, workers: int | None, checkpoint: Checkpoint, 
     return WorkerPlan("cpu", min(workers or count, count), per_worker, cpu_worker_memory(checkpoint.fp32_bytes, size))
 
 
-# A worker process with PyTorch loaded, before any model: Ray Data measured 368 MiB
-# for the small calibrated model (its memory report at the end of a run).
+# A worker process with PyTorch loaded, before any model, with headroom over what
+# Ray Data's memory report at the end of a run shows for one with the small model.
 WORKER_BASE_BYTES = 512 << 20
 
 
