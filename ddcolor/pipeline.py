@@ -36,11 +36,10 @@ log = logging.getLogger("ddcolor")
 AB_MIN, AB_MAX = -128.0, 127.0
 # Peak activation memory of one image: per pixel of the working resolution
 # and byte of the compute dtype, plus a fixed part for the chunked FP32
-# temporaries. Measured peaks of live tensors (DDColor-L, CPU profiler,
-# benchmarks/bench_engine.py --live): fp32 159 / 408 / 633 MiB and fp16
-# 82 / 228 / 357 MiB at 512 / 1024 / 1280;
-# the fixed part is the chunk budget (layers.CHUNK_ELEMENTS) that small
-# images fill. These constants overestimate by 10-80%.
+# temporaries, which is the chunk budget (layers.CHUNK_ELEMENTS) that small
+# images fill. They lie above every measured peak of live tensors (DDColor-L,
+# fp32 and fp16, 512 to 1280: benchmarks/bench_engine.py --live, RESULTS.md
+# "Weights and live activations").
 ACTIVATION_BYTES_PER_PIXEL_PER_BYTE = 100
 ACTIVATION_FIXED_BYTES = 96 << 20
 # Pixels (of all the images of a chunk) per band of rows in the full-resolution

@@ -96,7 +96,7 @@ def resolve_precision(precision: str, device: torch.device | str, *, strict: boo
     if precision not in PRECISIONS + ("mixed",):
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     device = torch.device(device)
-    fast = fast_precisions(device.type)
+    fast = fast_precisions(device)
     if precision == "auto":
         return Resolved(fast[0])
     if strict or precision in fast:
@@ -105,28 +105,29 @@ def resolve_precision(precision: str, device: torch.device | str, *, strict: boo
     return Resolved(chosen, f"{precision} is slow or unsupported on {device.type}; running {DESCRIPTIONS[chosen]} instead")
 
 
-def fast_precisions(device_type: str) -> tuple[str, ...]:
-    """Precisions that run at full speed on a device type, preferred first."""
-    if device_type == "cuda":
-        return ("fp16", "bf16", "fp32") if cuda_native_bf16() else ("fp16", "fp32")
-    if device_type == "mps":
+def fast_precisions(device: torch.device | str) -> tuple[str, ...]:
+    """Precisions that run at full speed on a device ("cuda:1", or a type: "cuda"), preferred first."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return ("fp16", "bf16", "fp32") if cuda_native_bf16(device) else ("fp16", "fp32")
+    if device.type == "mps":
         return ("fp16", "fp32")
-    if device_type == "cpu":
+    if device.type == "cpu":
         # Without native bf16 units (AVX2 only) bf16 and fp16 are emulated,
         # slower than fp32 (benchmarks/bench_matmul_bound.py --dtypes measures it).
         return ("mixed", "bf16", "fp32") if cpu_bf16_units() else ("fp32",)
     return ("fp32",)
 
 
-def cuda_native_bf16() -> bool:
-    """Whether the GPU computes bf16 in hardware: AMD (ROCm), NVIDIA from Ampere (compute capability 8) on.
+def cuda_native_bf16(device: torch.device | None = None) -> bool:
+    """Whether the GPU (default: the current one) computes bf16 in hardware: AMD (ROCm), NVIDIA from Ampere (compute capability 8) on.
 
     Older NVIDIA GPUs only emulate bf16, slower than fp16, although
     ``torch.cuda.is_bf16_supported()`` says yes for them.
     """
     if torch.version.hip:
         return True
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
 
 
 @lru_cache(maxsize=1)

@@ -80,11 +80,11 @@ def test_cpus_with_native_bf16_run_mixed_for_auto_and_fp16(monkeypatch, caplog, 
 
 
 def test_precisions_on_cuda_devices(monkeypatch, caplog):
-    monkeypatch.setattr(precision, "cuda_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cuda_native_bf16", lambda device=None: False)
     assert resolve_precision("auto", "cuda") == ("fp16", None)
     chosen, reason = resolve_precision("bf16", "cuda")
     assert chosen == "fp16" and reason.endswith("running fp16 instead")
-    monkeypatch.setattr(precision, "cuda_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cuda_native_bf16", lambda device=None: True)
     assert resolve_precision("bf16", "cuda") == ("bf16", None)
 
 
@@ -97,6 +97,15 @@ def test_only_gpus_that_compute_bf16_in_hardware_count_as_having_it(monkeypatch,
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert precision.cuda_native_bf16() is native
     assert resolve_precision("bf16", "cuda").precision == ("bf16" if native else "fp16")
+
+
+def test_each_gpu_is_judged_by_its_own_bf16_units(monkeypatch):
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    capabilities = {0: (8, 6), 1: (7, 5)}  # an RTX 30 beside an RTX 20
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capabilities[torch.device(device).index])
+    assert resolve_precision("bf16", "cuda:0").precision == "bf16"
+    assert resolve_precision("bf16", "cuda:1").precision == "fp16"
 
 
 def test_unknown_precision_names_the_choices():

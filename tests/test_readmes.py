@@ -61,7 +61,7 @@ def test_the_precision_table_is_what_resolve_precision_does(readme, monkeypatch)
         for device, units in device_kinds(label):
             cpu_units, gpu_units = (units, False) if device == "cpu" else (None, bool(units))
             monkeypatch.setattr(precision, "cpu_bf16_units", lambda cpu_units=cpu_units: cpu_units)
-            monkeypatch.setattr(precision, "cuda_native_bf16", lambda gpu_units=gpu_units: gpu_units)
+            monkeypatch.setattr(precision, "cuda_native_bf16", lambda device=None, gpu_units=gpu_units: gpu_units)
             ran = [resolve_precision(asked, device).precision for asked in ASKED]
             assert ran == cells, f"{readme}, {label}: the table says {cells}, the code runs {ran}"
 
