@@ -211,7 +211,7 @@ def activation_bytes(model: DDColor | None, size: int, *, element_size: int | No
 
 
 def default_batch_size(model: DDColor, size: int) -> int:
-    """Images per chunk: 1 on a CPU (batching buys nothing there), else what half the free memory holds."""
+    """Images per chunk: on a CUDA (or ROCm) GPU what half its free memory holds, elsewhere 1 (a CPU gains nothing from batching)."""
     device = next(model.parameters()).device
     if device.type != "cuda":
         return 1

@@ -33,9 +33,9 @@ SAVED_SUFFIXES = (".pth", ".safetensors")
 
 DESCRIPTION = (
     "Fine-tunes DDColor on your own color photos (a film stock, a region, an era, a collection) with the "
-    "paper's losses, in mixed precision, and writes a checkpoint into models/ddcolor that DDColor Colorize "
-    "lists (press R to refresh the list). Connect an IMAGE batch of color photos, e.g. from Load Image "
-    "Dataset from Folder; gray photos are skipped. The loss output goes to Plot Loss Graph. Cancel stops at "
+    "paper's losses, in mixed precision on GPUs and on CPUs with bf16 units, and writes a checkpoint into "
+    "models/ddcolor that DDColor Colorize lists (press R to refresh the list). Connect an IMAGE batch of color "
+    "photos, e.g. from Load Image Dataset from Folder; gray photos are skipped. The loss output goes to Plot Loss Graph. Cancel stops at "
     "the next step and keeps a snapshot: queue again with the same inputs to continue. The log, a "
     "validation grid and the loss curves are written to output/ddcolor_finetune/."
 )
