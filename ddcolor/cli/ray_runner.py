@@ -9,7 +9,8 @@ models, so a GPU never waits on a single reader; each actor loads the model
 once, on its own device, in the precision resolved there. The stages call
 the local run's per-image step, ``image_step.read``, ``.colorize`` and
 ``.write``, on the same arrays, so for the same precision on the same kind of
-device the files are the same bytes.
+device (on a CPU: the same bf16 units and number of threads) the files are the
+same bytes.
 
 A job that is not an image (a video or a folder of frames) is one row too,
 of the kind ``job_kind`` names; it passes through the read and write
