@@ -143,6 +143,19 @@ def machine(device: str) -> str:
     return f"{name}; torch {torch.__version__}; Python {platform.python_version()}"
 
 
+def append_markdown(lines: list[str], markdown: Path | None) -> None:
+    """Append a finished report (its lines) to the ``--markdown`` file, when one was given."""
+    if markdown:
+        with open(markdown, "a") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def report(lines: list[str], markdown: Path | None) -> None:
+    """Print a finished report, and append it to the ``--markdown`` file when one was given."""
+    print("\n".join(lines), flush=True)
+    append_markdown(lines, markdown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["tiny", "large"])
@@ -169,9 +182,7 @@ def main() -> None:
                 peer = {} if args.no_peer else run_one("peer", variant, size, precision, args.device, args.repeats, args.live)
                 rows.append((format_live_row if args.live else format_row)(variant, size, precision, ours, peer))
                 print(rows[-1], flush=True)
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write("\n".join(rows) + "\n\n")
+    append_markdown(rows + [""], args.markdown)
 
 
 def format_live_row(variant: str, size: int, precision: str, ours: dict, peer: dict) -> str:

@@ -45,7 +45,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_engine import machine  # noqa: E402
+from benchmarks.bench_engine import machine, report  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 TRAINS = ("all", "decoder", "lora")
@@ -264,10 +264,7 @@ def main(argv=None) -> None:
         "",
         *goal_lines(rows),
     ]
-    print("\n".join(lines), flush=True)
-    if args.markdown:
-        with args.markdown.open("a") as f:
-            f.write("\n".join(lines) + "\n")
+    report(lines, args.markdown)
 
 
 if __name__ == "__main__":

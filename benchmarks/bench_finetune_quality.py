@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_engine import machine  # noqa: E402
+from benchmarks.bench_engine import machine, report  # noqa: E402
 from tests.support import FIXTURES, calibrated_checkpoint  # noqa: E402
 
 TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
@@ -101,10 +101,7 @@ def main(argv=None) -> None:
         f"| true colors | 0 | {first['colorfulness_true']:.1f} |",
         "",
     ]
-    print("\n".join(lines), flush=True)
-    if args.markdown:
-        with args.markdown.open("a") as f:
-            f.write("\n".join(lines) + "\n")
+    report(lines, args.markdown)
 
 
 if __name__ == "__main__":

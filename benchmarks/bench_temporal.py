@@ -396,12 +396,12 @@ def main() -> None:
                     title += f"strength {strength:g}"
                     figure(args.figure, flicker_series(per_frame, clip), flicker_series(out, clip), title)
             print(f"{name} {kind} done", file=sys.stderr, flush=True)
-        text = table(name if model is None else f"{name} ({model.precision})", rows)
+        text = table(name if model is None else f"{name} ({ddcolor.precision_plan(model).precision})", rows)
         print(text + "\n", flush=True)
         report.append(text + "\n")
         if model is not None:
             per_frame_s, stab_s = float(np.median(model_seconds)), float(np.median(stabilize_seconds))
-            cost_lines.append(f"| {name} | {model.precision} | {per_frame_s:.2f} s | {stab_s * 1000:.0f} ms | {stab_s / per_frame_s:.1%} |")
+            cost_lines.append(f"| {name} | {ddcolor.precision_plan(model).precision} | {per_frame_s:.2f} s | {stab_s * 1000:.0f} ms | {stab_s / per_frame_s:.1%} |")
     if len(cost_lines) > 2:
         cost = "**Cost** (medians over the clips)\n\n" + "\n".join(cost_lines)
         print(cost, flush=True)

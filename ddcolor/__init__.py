@@ -38,7 +38,15 @@ from .checkpoint import (
 from .loading import load_model
 from .model import SIZE_MULTIPLE, DDColor, DDColorConfig
 from .pipeline import activation_bytes, colorize, snap_size
-from .precision import PRECISIONS, TRAINING_PRECISIONS, fast_precisions, fp32_modules, resolve_precision
+from .precision import (
+    PRECISIONS,
+    TRAINING_PRECISIONS,
+    PrecisionPlan,
+    fast_precisions,
+    fp32_modules,
+    precision_plan,
+    resolve_precision,
+)
 from .temporal import RECOMMENDED_STRENGTH, TemporalState
 
 __all__ = [
@@ -64,6 +72,8 @@ __all__ = [
     "find_checkpoint",
     "fp32_modules",
     "load_model",
+    "precision_plan",
+    "PrecisionPlan",
     "published_entry",
     "resolve_precision",
     "snap_size",

@@ -97,7 +97,7 @@ class FP32Embedding(nn.Embedding):
 
     def reset_parameters(self) -> None:
         # On the meta device (checkpoint loading) the random init is pointless,
-        # and nn.Embedding's pulls in torch's compiler stack: ~1 s per load.
+        # and nn.Embedding's pulls in torch's compiler stack, slowing every load.
         if not self.weight.is_meta:
             super().reset_parameters()
 

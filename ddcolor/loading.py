@@ -29,7 +29,7 @@ def load_model(
     ``models_dir`` on first use. ``precision`` is fp32, fp16, bf16 or auto; see
     ``ddcolor.resolve_precision`` for what runs where (a substitution is
     logged). The model comes back in eval mode on ``device``;
-    ``model.precision`` says what it runs.
+    ``ddcolor.precision_plan(model).precision`` says what it runs.
     """
     device = torch.device(device)
     chosen, reason = resolve_precision(precision, device, strict=strict_precision)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .convnext import VARIANTS, Encoder
 from .decoder import Decoder
 from .layers import CHUNK_ELEMENTS, Conv2d, autocast_off, blur_upsampled, checkpointed, unit_scale
-from .precision import full_precision
+from .precision import full_precision, precision_plan
 
 log = logging.getLogger("ddcolor")
 
@@ -74,7 +74,6 @@ class DDColor(nn.Module):
     def __init__(self, config: DDColorConfig):
         super().__init__()
         self.config = config
-        self.precision = "fp32"  # set by precision.apply_precision
         self.name = "DDColor"  # the checkpoint's file name, set by the loader (for log lines)
         self.encoder = Encoder(config.depths, config.dims)
         self.decoder = Decoder(
@@ -102,7 +101,7 @@ class DDColor(nn.Module):
             )
         x = x.float()
         ab = self.predict(x)
-        if self.precision != "fp32":
+        if precision_plan(self).precision != "fp32":
             failed = ~plausible_ab(ab)
             if failed.any():
                 # A checkpoint whose activations leave the half range in a place
@@ -189,11 +188,11 @@ _FALLBACKS_LOGGED: set[tuple[str, str]] = set()
 
 
 def _log_fallback_once(model: DDColor) -> None:
-    key = (model.name, model.precision)
+    key = (model.name, precision_plan(model).precision)
     if key not in _FALLBACKS_LOGGED:
         _FALLBACKS_LOGGED.add(key)
         log.warning(
             "ddcolor: %s overflowed in %s on some images; those were redone in fp32 "
             "(correct, but slower: choose fp32 for this model to skip the retry)",
-            model.name, model.precision,
+            *key,
         )

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .color import gray_rgb_from_lightness, lab_to_rgb, rgb_to_lightness
 from .model import SIZE_MULTIPLE, DDColor
+from .precision import precision_plan
 from .temporal import TemporalState, check_strength, stabilize, working_copy
 
 log = logging.getLogger("ddcolor")
@@ -35,11 +36,10 @@ log = logging.getLogger("ddcolor")
 AB_MIN, AB_MAX = -128.0, 127.0
 # Peak activation memory of one image: per pixel of the working resolution
 # and byte of the compute dtype, plus a fixed part for the chunked FP32
-# temporaries. Measured peaks of live tensors (DDColor-L, CPU profiler,
-# benchmarks/bench_engine.py --live): fp32 159 / 408 / 633 MiB and fp16
-# 82 / 228 / 357 MiB at 512 / 1024 / 1280;
-# the fixed part is the chunk budget (layers.CHUNK_ELEMENTS) that small
-# images fill. These constants overestimate by 10-80%.
+# temporaries, which is the chunk budget (layers.CHUNK_ELEMENTS) that small
+# images fill. They lie above every measured peak of live tensors (DDColor-L,
+# fp32 and fp16, 512 to 1280: benchmarks/bench_engine.py --live, RESULTS.md
+# "Weights and live activations").
 ACTIVATION_BYTES_PER_PIXEL_PER_BYTE = 100
 ACTIVATION_FIXED_BYTES = 96 << 20
 # Pixels (of all the images of a chunk) per band of rows in the full-resolution
@@ -116,7 +116,7 @@ def colorize(
                 if n == 1:
                     raise MemoryError(
                         f"out of memory colorizing one {tuple(images.shape[1:3])} image at size {size} "
-                        f"({model.precision}) on {device}; lower size, use fp16, or free memory used by other models"
+                        f"({precision_plan(model).precision}) on {device}; lower size, use fp16, or free memory used by other models"
                     ) from e
                 chunk = n // 2
                 log.warning("ddcolor: out of memory with %d images at once; retrying %d at a time", n, chunk)
@@ -211,7 +211,7 @@ def activation_bytes(model: DDColor | None, size: int, *, element_size: int | No
 
 
 def default_batch_size(model: DDColor, size: int) -> int:
-    """Images per chunk: 1 on a CPU (batching buys nothing there), else what half the free memory holds."""
+    """Images per chunk: on a CUDA (or ROCm) GPU what half its free memory holds, elsewhere 1 (a CPU gains nothing from batching)."""
     device = next(model.parameters()).device
     if device.type != "cuda":
         return 1

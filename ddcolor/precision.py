@@ -4,7 +4,9 @@ In fp16 / bf16 the weights of every conv and linear are held in half, so the
 model's weight memory halves. Tensors listed in a module's ``fp32_tensors``
 stay FP32 (normalization layers, the ConvNeXt residual stream's writers,
 depthwise convs and layer scales), and those modules compute in FP32.
-``fp32_modules(model)`` lists them.
+``fp32_modules(model)`` lists them. What a model holds is one record,
+``PrecisionPlan``, set only by ``apply_precision`` and read with
+``precision_plan(model)``.
 
 ``mixed`` is what ``auto`` (and fp16) runs on a CPU with native bf16 units:
 bf16 only in the ConvNeXt MLP layers of ``MIXED_SPLITS``, FP32 everywhere else.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, NamedTuple
 
@@ -41,9 +44,9 @@ DESCRIPTIONS = {
 # (stages whose pwconv1 is bf16, stages whose pwconv2 is bf16), 0-based. The
 # rounding of bf16 products differs between units, so each split was chosen by
 # measuring against fp32 on that kind of CPU (benchmarks/RESULTS.md, "Choosing
-# auto on a CPU"): with AVX-512 bf16 both layers of stages 2 and 3 keep fp16's
-# bounds (83% of DDColor-L's MLP work); with AMX that split reaches max 2.9-3.1
-# ab on DDColor-T at 128, past fp16's 3, and pwconv1 of stage 2 is left FP32.
+# auto on a CPU", has the figures): with AVX-512 bf16 both layers of stages 2
+# and 3 keep fp16's bounds (most of the MLP work); with AMX that split misses
+# fp16's max bound on DDColor-T, and pwconv1 of stage 2 is left FP32.
 MIXED_SPLITS = {"avx512": ((2, 3), (2, 3)), "amx": ((3,), (2, 3))}
 # When a precision is slow or unsupported on a device, what runs instead: the
 # first of these that is fast there. fp16 is never replaced by bf16, which
@@ -59,6 +62,28 @@ class Resolved(NamedTuple):
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How a model holds its weights: set by ``apply_precision``, read with ``precision_plan``."""
+
+    precision: str = "fp32"  # one of RESOLVED
+    # Which ConvNeXt MLP layers ``mixed`` holds in bf16 (as in ``MIXED_SPLITS``); None for the others.
+    split: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    # Modules whose weights ``precision`` could not hold, so they stay FP32.
+    kept_in_fp32: tuple[str, ...] = ()
+    # Whether the modules with ``balance_for_half`` have rewritten themselves (done once per model).
+    balanced_for_half: bool = False
+
+
+# The one attribute a model holds its plan in (a model never converted has none: fp32).
+_PLAN_ATTRIBUTE = "_precision_plan"
+
+
+def precision_plan(model: nn.Module) -> PrecisionPlan:
+    """What ``model`` runs in: its ``PrecisionPlan`` (FP32 for a model ``apply_precision`` never saw)."""
+    return getattr(model, _PLAN_ATTRIBUTE, PrecisionPlan())
+
+
 def resolve_precision(precision: str, device: torch.device | str, *, strict: bool = False) -> Resolved:
     """Map a requested precision to the one that will run on ``device``.
 
@@ -71,7 +96,7 @@ def resolve_precision(precision: str, device: torch.device | str, *, strict: boo
     if precision not in PRECISIONS + ("mixed",):
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     device = torch.device(device)
-    fast = fast_precisions(device.type)
+    fast = fast_precisions(device)
     if precision == "auto":
         return Resolved(fast[0])
     if strict or precision in fast:
@@ -80,17 +105,29 @@ def resolve_precision(precision: str, device: torch.device | str, *, strict: boo
     return Resolved(chosen, f"{precision} is slow or unsupported on {device.type}; running {DESCRIPTIONS[chosen]} instead")
 
 
-def fast_precisions(device_type: str) -> tuple[str, ...]:
-    """Precisions that run at full speed on a device type, preferred first."""
-    if device_type == "cuda":
-        return ("fp16", "bf16", "fp32") if torch.cuda.is_bf16_supported() else ("fp16", "fp32")
-    if device_type == "mps":
+def fast_precisions(device: torch.device | str) -> tuple[str, ...]:
+    """Precisions that run at full speed on a device ("cuda:1", or a type: "cuda"), preferred first."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return ("fp16", "bf16", "fp32") if cuda_native_bf16(device) else ("fp16", "fp32")
+    if device.type == "mps":
         return ("fp16", "fp32")
-    if device_type == "cpu":
+    if device.type == "cpu":
         # Without native bf16 units (AVX2 only) bf16 and fp16 are emulated,
         # slower than fp32 (benchmarks/bench_matmul_bound.py --dtypes measures it).
         return ("mixed", "bf16", "fp32") if cpu_bf16_units() else ("fp32",)
     return ("fp32",)
+
+
+def cuda_native_bf16(device: torch.device | None = None) -> bool:
+    """Whether the GPU (default: the current one) computes bf16 in hardware: AMD (ROCm), NVIDIA from Ampere (compute capability 8) on.
+
+    Older NVIDIA GPUs only emulate bf16, slower than fp16, although
+    ``torch.cuda.is_bf16_supported()`` says yes for them.
+    """
+    if torch.version.hip:
+        return True
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
 
 
 @lru_cache(maxsize=1)
@@ -117,7 +154,7 @@ def mixed_split() -> tuple[tuple[int, ...], tuple[int, ...]]:
     return MIXED_SPLITS.get(cpu_bf16_units() or "avx512", MIXED_SPLITS["avx512"])
 
 
-def weight_dtype(precision: str, module_name: str, split: tuple[tuple[int, ...], tuple[int, ...]]) -> torch.dtype:
+def weight_dtype(precision: str, module_name: str, split: tuple[tuple[int, ...], tuple[int, ...]] | None) -> torch.dtype:
     """The dtype ``precision`` holds a module's (unpinned) weights in; ``split`` as in ``MIXED_SPLITS``."""
     if precision == "mixed":
         found = re.fullmatch(r"encoder\.arch\.stages\.(\d)\.\d+\.pwconv([12])", module_name)
@@ -130,7 +167,7 @@ def apply_precision(model: nn.Module, precision: str, *, split: tuple | None = N
     """Hold ``model``'s weights in ``precision``, keeping pinned tensors FP32. In place.
 
     ``split``: which MLP layers ``mixed`` holds in bf16 (default: this CPU's
-    ``MIXED_SPLITS`` entry); kept as ``model.mixed_split``.
+    ``MIXED_SPLITS`` entry). What was done is the model's ``precision_plan``.
 
     Before the first conversion to half, modules that have ``balance_for_half``
     rewrite themselves exactly (in FP32) so their half tensors stay in range;
@@ -138,12 +175,13 @@ def apply_precision(model: nn.Module, precision: str, *, split: tuple | None = N
     """
     if precision not in RESOLVED:
         raise ValueError(f"precision must be one of {', '.join(RESOLVED)}; got {precision!r}")
-    if precision != "fp32" and not getattr(model, "balanced_for_half", False):
+    balanced = precision_plan(model).balanced_for_half
+    if precision != "fp32" and not balanced:
         for module in model.modules():
             if hasattr(module, "balance_for_half"):
                 module.balance_for_half()
-        model.balanced_for_half = True
-    split = split or mixed_split()
+        balanced = True
+    split = (split or mixed_split()) if precision == "mixed" else None
     kept = []
     for module_name, module in model.named_modules():
         pinned = set(getattr(module, "fp32_tensors", ()))
@@ -168,9 +206,7 @@ def apply_precision(model: nn.Module, precision: str, *, split: tuple | None = N
             setattr(module, name, value)
     if kept:
         log.info("ddcolor: %d layer(s) with weights out of %s's range stay fp32: %s", len(kept), precision, ", ".join(kept[:4]))
-    model.kept_in_fp32 = kept
-    model.precision = precision
-    model.mixed_split = split
+    setattr(model, _PLAN_ATTRIBUTE, PrecisionPlan(precision, split, tuple(kept), balanced))
     return model
 
 
@@ -195,8 +231,8 @@ def full_precision(model: nn.Module) -> Iterator[None]:
     Half weights widen to FP32 exactly and narrow back to the same values, so
     nothing is lost; the FP32 copy lives only for the block.
     """
-    previous = getattr(model, "precision", "fp32")
-    if previous == "fp32":
+    previous = precision_plan(model)
+    if previous.precision == "fp32":
         yield
         return
     with torch.inference_mode(False):  # parameters must not become inference tensors
@@ -205,7 +241,7 @@ def full_precision(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         with torch.inference_mode(False):
-            apply_precision(model, previous, split=getattr(model, "mixed_split", None))
+            apply_precision(model, previous.precision, split=previous.split)
 
 
 def fp32_modules(model: nn.Module) -> list[str]:
@@ -213,7 +249,7 @@ def fp32_modules(model: nn.Module) -> list[str]:
 
     Those pinned by design, plus any whose weights half precision could not hold.
     """
-    kept = set(getattr(model, "kept_in_fp32", ()))
+    kept = set(precision_plan(model).kept_in_fp32)
     return [name for name, module in model.named_modules() if getattr(module, "fp32_tensors", ()) or name in kept]
 
 

@@ -55,9 +55,9 @@ INSTALL_HINT = (
 MP4_AUDIO_COPY = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "flac", "opus"})
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 AAC_MAX_CHANNELS = 8
-# Frames per model call on a GPU, which batches them: as many as 128 MiB of
-# float input holds (11 of 720p, 5 of 1080p, 1 of 4K), held again in the
-# colorized copy. A CPU gains nothing from batching and takes one at a time.
+# Frames per model call on a CUDA (or ROCm) GPU, which batches them: as many as
+# 128 MiB of float input holds (11 of 720p, 5 of 1080p, 1 of 4K), held again in
+# the colorized copy. Other devices take one at a time (a CPU gains nothing from batching).
 CHUNK_BYTES = 128 << 20
 MAX_CHUNK_FRAMES = 16
 # BT.709 in AVCOL_* numbering (matrix, primaries and transfer share the value 1); limited ("tv") range.

@@ -19,10 +19,11 @@ from ..ddcolor import (
     activation_bytes,
     colorize,
     load_model,
+    precision_plan,
     resolve_precision,
     snap_size,
 )
-from .models import FOLDER_NAME, ModelCache, cache_key, locate_checkpoint, model_choices
+from .models import FOLDER_NAME, ModelCache, cache_key, checkpoint_files, download_progress, locate_checkpoint, model_choices
 from .schema import COMBO, Input, NodeSpec, Output
 
 log = logging.getLogger("ddcolor")
@@ -41,10 +42,11 @@ TOOLTIPS = {
     "image": "Photos to colorize: any size, grayscale or color (only the lightness is used).",
     "precision": (
         "fp16: half the memory, fastest on NVIDIA GPUs; sensitive layers stay fp32, so colors match fp32 closely. "
-        "bf16: about 1 ab unit off fp32 on average. fp32: the reference. auto: the fastest faithful choice for your "
-        "device. On a CPU with bf16 units (AMX or AVX-512 bf16), fp16 and auto run as mixed (bf16 only in the "
-        "encoder's heaviest layers, as faithful as fp16) and bf16 as bf16; on a CPU without them (AVX2 only), fp16, "
-        "bf16 and auto all run as fp32. On Apple GPUs bf16 runs as fp16. The log says which precision runs."
+        "bf16: coarser than fp16, a little further from fp32's colors. fp32: the reference. auto: the fastest faithful "
+        "choice for your device. On a CPU with bf16 units (AMX or AVX-512 bf16), fp16 and auto run as mixed (bf16 only "
+        "in the encoder's heaviest layers, as faithful as fp16) and bf16 as bf16; on a CPU without them (AVX2 only), "
+        "fp16, bf16 and auto all run as fp32. On Apple GPUs and on NVIDIA GPUs before Ampere (RTX 20, GTX, T4, V100) "
+        "bf16 runs as fp16. The log says which precision runs."
     ),
     "size": (
         "Working resolution the network sees (a square, multiple of 32); the output keeps the input's size. "
@@ -67,15 +69,6 @@ TOOLTIPS = {
     ),
     "output": "The colorized photos, same size and batch as the input (RGB, or RGBA when the input has alpha).",
 }
-
-
-def _checkpoint_files() -> list[str]:
-    """Files in ComfyUI's ddcolor folders; none outside ComfyUI."""
-    try:
-        import folder_paths
-    except ImportError:
-        return []
-    return folder_paths.get_filename_list(FOLDER_NAME)
 
 
 def colorize_images(image, precision, size, model=DEFAULT_MODEL, temporal=0.0):
@@ -119,7 +112,7 @@ def model_inputs(*, model_optional: bool = False) -> list[Input]:
         Input("precision", COMBO, TOOLTIPS["precision"], choices=PRECISIONS, default="fp16"),
         # No control_after_generate: it would add a hidden widget value.
         Input("size", "INT", TOOLTIPS["size"], default=512, min=256, max=2048, step=32),
-        Input("model", COMBO, TOOLTIPS["model"], choices=model_choices(_checkpoint_files()), default=DEFAULT_MODEL,
+        Input("model", COMBO, TOOLTIPS["model"], choices=model_choices(checkpoint_files()), default=DEFAULT_MODEL,
               optional=model_optional),
     ]
 
@@ -171,7 +164,7 @@ def _load(choice: str, precision: str):
     offload_device = mm.unet_offload_device()
     # Resolve for the device the model runs on, not the one it is built on.
     resolved, reason = resolve_precision(precision, load_device)
-    path = locate_checkpoint(choice, folder_paths.get_folder_paths(FOLDER_NAME), _download_progress())
+    path = locate_checkpoint(choice, folder_paths.get_folder_paths(FOLDER_NAME), download_progress())
 
     def build():
         if reason:  # said once per load, not on every prompt that reuses the model
@@ -180,7 +173,7 @@ def _load(choice: str, precision: str):
         model = load_model(path, device=offload_device, precision=resolved, strict_precision=True)
         log.info(
             "ddcolor: loaded %s (%s, %s) for %s in %.1f s",
-            path.name, model.config.variant, model.precision, load_device, time.perf_counter() - start,
+            path.name, model.config.variant, precision_plan(model).precision, load_device, time.perf_counter() - start,
         )
         return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
@@ -194,20 +187,3 @@ def _unload_other_models(patcher) -> None:
     # keep_loaded compares LoadedModel entries, not patchers.
     mm.free_memory(float("inf"), patcher.load_device, keep_loaded=[mm.LoadedModel(patcher)])
     mm.soft_empty_cache()
-
-
-def _download_progress():
-    """A callback that shows download bytes on the node's progress bar, created on the first report."""
-    import comfy.utils
-
-    bar = None
-
-    def report(done: int, total: int) -> None:
-        nonlocal bar
-        if total <= 0:
-            return
-        if bar is None:
-            bar = comfy.utils.ProgressBar(total)
-        bar.update_absolute(done, total)
-
-    return report

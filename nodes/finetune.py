@@ -20,8 +20,7 @@ import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..ddcolor import DEFAULT_MODEL, PUBLISHED, TRAINING_PRECISIONS
-from .colorize import _checkpoint_files, _download_progress
-from .models import FOLDER_NAME, locate_checkpoint, model_choices
+from .models import FOLDER_NAME, checkpoint_files, download_progress, locate_checkpoint, model_choices
 from .schema import COMBO, Input, NodeSpec, Output
 
 log = logging.getLogger("ddcolor")
@@ -34,9 +33,9 @@ SAVED_SUFFIXES = (".pth", ".safetensors")
 
 DESCRIPTION = (
     "Fine-tunes DDColor on your own color photos (a film stock, a region, an era, a collection) with the "
-    "paper's losses, in mixed precision, and writes a checkpoint into models/ddcolor that DDColor Colorize "
-    "lists (press R to refresh the list). Connect an IMAGE batch of color photos, e.g. from Load Image "
-    "Dataset from Folder; gray photos are skipped. The loss output goes to Plot Loss Graph. Cancel stops at "
+    "paper's losses, in mixed precision on GPUs and on CPUs with bf16 units, and writes a checkpoint into "
+    "models/ddcolor that DDColor Colorize lists (press R to refresh the list). Connect an IMAGE batch of color "
+    "photos, e.g. from Load Image Dataset from Folder; gray photos are skipped. The loss output goes to Plot Loss Graph. Cancel stops at "
     "the next step and keeps a snapshot: queue again with the same inputs to continue. The log, a "
     "validation grid and the loss curves are written to output/ddcolor_finetune/."
 )
@@ -94,7 +93,7 @@ def finetune_inputs() -> list[Input]:
     default = FinetuneConfig(output=Path(DEFAULT_FILE_NAME))
     return [
         Input("images", "IMAGE", TOOLTIPS["images"]),
-        Input("model", COMBO, TOOLTIPS["model"], choices=model_choices(_checkpoint_files()), default=DEFAULT_MODEL),
+        Input("model", COMBO, TOOLTIPS["model"], choices=model_choices(checkpoint_files()), default=DEFAULT_MODEL),
         Input("steps", "INT", TOOLTIPS["steps"], default=500, min=1, max=100_000),
         Input("batch", "INT", TOOLTIPS["batch"], default=default.batch, min=1, max=64),
         Input("size", "INT", TOOLTIPS["size"], default=default.size, min=64, max=1024, step=32),
@@ -147,7 +146,7 @@ def _finetune(images: list, settings: dict):
     except FinetuneError as e:
         raise ValueError(_refusal(e, config)) from None
     # Every request checked: now a missing published start model is worth its download.
-    locate_checkpoint(settings["model"], folders, _download_progress())
+    locate_checkpoint(settings["model"], folders, download_progress())
 
     mm.unload_all_models()  # training needs the device's memory to itself
     steps = StepProgress(config.steps)

@@ -1,7 +1,8 @@
 """Where DDColor checkpoints live in ComfyUI, and the one model kept loaded between prompts.
 
-Nothing here imports ComfyUI at module level: ``colorize.py`` passes folders
-and devices in, so these rules are testable without a ComfyUI.
+Nothing here imports ComfyUI at module level: the nodes pass folders and
+devices in, so these rules are testable without a ComfyUI; ``checkpoint_files``
+and ``download_progress`` ask ComfyUI when called.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ def register_models_folder() -> str | None:
     path = os.path.join(folder_paths.models_dir, FOLDER_NAME)
     folder_paths.add_model_folder_path(FOLDER_NAME, path, is_default=True)
     return path
+
+
+def checkpoint_files() -> list[str]:
+    """Files in ComfyUI's ddcolor folders; none outside ComfyUI."""
+    try:
+        import folder_paths
+    except ImportError:
+        return []
+    return folder_paths.get_filename_list(FOLDER_NAME)
 
 
 def is_checkpoint_file(relative_path: str) -> bool:
@@ -89,6 +99,23 @@ def locate_checkpoint(
         f"model {choice!r} is not in {', '.join(map(str, folders))}. Put the checkpoint there and refresh "
         f"the node list (press R), or choose a published model: {', '.join(PUBLISHED)}"
     )
+
+
+def download_progress() -> Callable[[int, int], None]:
+    """A callback that shows download bytes on the node's progress bar, created on the first report."""
+    import comfy.utils
+
+    bar = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar
+        if total <= 0:
+            return
+        if bar is None:
+            bar = comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+
+    return report
 
 
 def cache_key(path: Path, precision: str, device: object) -> tuple:

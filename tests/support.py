@@ -107,11 +107,11 @@ def peak_live_bytes(call: Callable[[], object]) -> int:
 
 
 class MemoryLimited(torch.nn.Module):
-    """The real model, but out of memory above ``max_batch`` images."""
+    """The real model (fp32: the wrapper has no precision plan of its own), but out of memory above ``max_batch`` images."""
 
     def __init__(self, model, max_batch):
         super().__init__()
-        self.model, self.max_batch, self.precision = model, max_batch, model.precision
+        self.model, self.max_batch = model, max_batch
         self.batches = []
 
     def forward(self, x):

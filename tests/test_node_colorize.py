@@ -23,7 +23,7 @@ pack = load_pack()
 node_module = sys.modules[f"{pack.__name__}.nodes.colorize"]
 models_module = sys.modules[f"{pack.__name__}.nodes.models"]
 engine = sys.modules[f"{pack.__name__}.ddcolor"]
-resolve_precision = sys.modules[f"{pack.__name__}.ddcolor.precision"].resolve_precision
+resolve_precision, precision_plan = engine.resolve_precision, engine.precision_plan
 
 NODE = "DDColor-ddcolorize"
 NODE_RUN_CODE = pack.NODE_CLASS_MAPPINGS[NODE].colorize_images.__code__
@@ -248,8 +248,8 @@ def test_a_precision_change_reloads_only_if_it_resolves_differently(comfy, node,
     node.colorize_images(frames[:1], "fp32", SIZE)
     for precision in ("fp16", "auto", "bf16"):
         before = len(comfy.patchers)
-        previous = node_module._LOADED._value.model.precision
+        previous = precision_plan(node_module._LOADED._value.model).precision
         node.colorize_images(frames[:1], precision, SIZE)
         resolved = resolve_precision(precision, "cpu").precision
-        assert node_module._LOADED._value.model.precision == resolved
+        assert precision_plan(node_module._LOADED._value.model).precision == resolved
         assert len(comfy.patchers) == before + (resolved != previous), precision

@@ -28,7 +28,7 @@ import ddcolor
 from ddcolor import model as model_module
 from ddcolor import precision
 from ddcolor.checkpoint import model_from_state_dict
-from ddcolor.precision import apply_precision, fp32_modules, resolve_precision
+from ddcolor.precision import PrecisionPlan, apply_precision, fp32_modules, precision_plan, resolve_precision
 from tests.calibrated import BOUNDARY_RECIPES, STREAM_RECIPES, boundary_peaks, stressed
 from tests.oracle import load_state
 from tests.support import calibrated_checkpoint, colorfulness_of, fixture_inputs, fresh_model
@@ -59,7 +59,7 @@ def test_a_substitution_is_logged_once_by_load_model(monkeypatch, caplog, tiny_c
     monkeypatch.setattr(precision, "cpu_bf16_units", lambda: None)
     with caplog.at_level(logging.WARNING, logger="ddcolor"):
         model = ddcolor.load_model(tiny_checkpoint, precision="bf16")
-    assert model.precision == "fp32"
+    assert precision_plan(model).precision == "fp32"
     assert [r.message for r in caplog.records] == ["ddcolor: bf16 is slow or unsupported on cpu; running fp32 instead"]
 
 
@@ -80,12 +80,32 @@ def test_cpus_with_native_bf16_run_mixed_for_auto_and_fp16(monkeypatch, caplog, 
 
 
 def test_precisions_on_cuda_devices(monkeypatch, caplog):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(precision, "cuda_native_bf16", lambda device=None: False)
     assert resolve_precision("auto", "cuda") == ("fp16", None)
     chosen, reason = resolve_precision("bf16", "cuda")
     assert chosen == "fp16" and reason.endswith("running fp16 instead")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision, "cuda_native_bf16", lambda device=None: True)
     assert resolve_precision("bf16", "cuda") == ("bf16", None)
+
+
+@pytest.mark.parametrize("hip, capability, native", [(None, (7, 5), False), (None, (8, 0), True), ("6.2", (9, 4), True)])
+def test_only_gpus_that_compute_bf16_in_hardware_count_as_having_it(monkeypatch, hip, capability, native):
+    # torch.cuda.is_bf16_supported() also says yes where bf16 is emulated (NVIDIA before Ampere), slower than fp16.
+    monkeypatch.setattr(torch.version, "hip", hip)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert precision.cuda_native_bf16() is native
+    assert resolve_precision("bf16", "cuda").precision == ("bf16" if native else "fp16")
+
+
+def test_each_gpu_is_judged_by_its_own_bf16_units(monkeypatch):
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    capabilities = {0: (8, 6), 1: (7, 5)}  # an RTX 30 beside an RTX 20
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capabilities[torch.device(device).index])
+    assert resolve_precision("bf16", "cuda:0").precision == "bf16"
+    assert resolve_precision("bf16", "cuda:1").precision == "fp16"
 
 
 def test_unknown_precision_names_the_choices():
@@ -128,14 +148,14 @@ def test_mixed_holds_only_its_cpus_split_of_the_last_two_stages_mlps_in_bf16(mon
 def test_half_weights_halve_memory_and_pinned_tensors_stay_fp32(tiny_checkpoint, name):
     full = model_from_state_dict(load_state(tiny_checkpoint))
     half = apply_precision(model_from_state_dict(load_state(tiny_checkpoint)), name)
-    assert half.precision == name
+    assert precision_plan(half).precision == name
     # The FP32 stream's writers (stem, downsample convs) and norms cost a few percent.
     assert parameter_bytes(half) / parameter_bytes(full) <= HALF_WEIGHTS
     pinned = fp32_modules(half)
     assert "encoder.arch.norm0" in pinned and "decoder.layers.0.bn" in pinned
     assert "encoder.arch.stages.2.0.dwconv" in pinned
     assert "encoder.arch.downsample_layers.0.0" in pinned and "encoder.arch.downsample_layers.3.1" in pinned
-    assert half.kept_in_fp32 == []  # a calibrated checkpoint fits half precision everywhere
+    assert precision_plan(half).kept_in_fp32 == ()  # a calibrated checkpoint fits half precision everywhere
     for module_name, module in half.named_modules():
         for tensor_name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
             if not tensor.is_floating_point():
@@ -198,12 +218,27 @@ def test_weights_out_of_fp16_range_stay_fp32(tiny_checkpoint, caplog):
     state[f"{projection}.weight"] = state[f"{projection}.weight"] * 1e7  # past 65504
     with caplog.at_level(logging.INFO, logger="ddcolor"):
         model = apply_precision(model_from_state_dict(state), "fp16")
-    assert model.kept_in_fp32 == [mlp, projection]
+    assert precision_plan(model).kept_in_fp32 == (mlp, projection)
     assert model.get_submodule(mlp).bias.dtype == torch.float32
     assert projection in fp32_modules(model)
     assert "2 layer(s) with weights out of fp16's range stay fp32" in caplog.text
     bf16 = apply_precision(model_from_state_dict(load_state(tiny_checkpoint)), "bf16")
-    assert bf16.kept_in_fp32 == []
+    assert precision_plan(bf16).kept_in_fp32 == ()
+
+
+def test_the_fp32_retry_gives_the_model_back_its_precision_plan(tiny_checkpoint):
+    fresh = model_from_state_dict(load_state(tiny_checkpoint))
+    assert precision_plan(fresh) == PrecisionPlan("fp32", None, (), False)
+    split = ((3,), (3,))  # no CPU's default split: the retry must restore this one, not the CPU's
+    model = apply_precision(fresh, "mixed", split=split)
+    planned = precision_plan(model)
+    assert planned == PrecisionPlan("mixed", split, (), True)
+    dtypes = {name: t.dtype for name, t in model.named_parameters()}
+    with precision.full_precision(model):
+        assert precision_plan(model) == PrecisionPlan("fp32", None, (), True)  # balanced once, for good
+        assert all(t.dtype == torch.float32 for t in model.parameters())
+    assert precision_plan(model) == planned
+    assert {name: t.dtype for name, t in model.named_parameters()} == dtypes
 
 
 # ----------------------------------------------------------------------------- numerics
@@ -244,7 +279,7 @@ def half_precision_report(variant: str, recipe: str | None, name: str, photos: l
         "mean": error.mean().item(),
         "max": error.max().item(),
         "colorfulness": colorfulness_of(x, ab) / colorfulness_of(x, reference) - 1,
-        "kept_in_fp32": model.kept_in_fp32,
+        "kept_in_fp32": precision_plan(model).kept_in_fp32,
         "retried": full_precision.called,
         "weights": parameter_bytes(model) / fp32_parameter_bytes(model),
         "half_flops": 1 - counter.flops[torch.float32] / sum(counter.flops.values()),
@@ -288,7 +323,7 @@ LARGE_RECIPES = (None, "blocks", *STREAM_RECIPES, "taps", "pixel_features")
 )
 def test_fp16_meets_its_bounds_on_every_stress_recipe(variant, recipe, fixture_photos):
     report = half_precision_report(variant, recipe, "fp16", fixture_photos)
-    assert report["finite"] and not report["retried"] and report["kept_in_fp32"] == [], report
+    assert report["finite"] and not report["retried"] and report["kept_in_fp32"] == (), report
     assert report["mean"] < FP16_MEAN and report["max"] < FP16_MAX_ERROR, report
     assert abs(report["colorfulness"]) < COLORFULNESS, report
     assert report["weights"] <= HALF_WEIGHTS and report["half_flops"] > HALF_FLOPS, report
@@ -338,7 +373,7 @@ def test_a_checkpoint_beyond_fp16_is_redone_in_fp32_and_logged_once(fixture_phot
     fallbacks = [r.message for r in caplog.records if "redone in fp32" in r.message]
     assert len(fallbacks) == 1 and "overflow.pth" in fallbacks[0] and "fp16" in fallbacks[0]
     # Back in fp16 afterwards, weights and all.
-    assert model.precision == "fp16"
+    assert precision_plan(model).precision == "fp16"
     assert model.decoder.color_decoder.input_proj[0].weight.dtype == torch.float16
 
 
@@ -349,9 +384,9 @@ def test_only_the_failed_images_are_redone(small_checkpoint, monkeypatch):
     calls = []
 
     def predict(batch):
-        calls.append((len(batch), model.precision))
+        calls.append((len(batch), precision_plan(model).precision))
         ab = real_predict(batch)
-        if model.precision == "fp16":
+        if precision_plan(model).precision == "fp16":
             ab[1, 0, 5, 5] = float("nan")  # image 1 overflows somewhere
             ab[2] *= 50  # image 2 comes out far outside any color
         return ab

@@ -1,8 +1,9 @@
 """What the READMEs state about the code: the precision each device runs, the Chinese README's coverage.
 
 Each row is checked on the device kinds it names (CPUs with AMX or AVX-512 bf16
-units, AVX2-only CPUs, CUDA GPUs, Apple GPUs) by faking what the probes report,
-so the table is checked on every machine, whatever its own CPU.
+units, AVX2-only CPUs, GPUs with and without bf16 in hardware, Apple GPUs) by
+faking what the probes report, so the table is checked on every machine,
+whatever its own CPU and GPU.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from ddcolor import PUBLISHED, precision
 from ddcolor.precision import resolve_precision
@@ -35,10 +35,12 @@ def precision_table(readme: Path) -> dict[str, list[str]]:
     return rows
 
 
-def device_kinds(label: str) -> list[tuple[str, str | None]]:
-    """(device, the CPU's bf16 units) that a row's label names, in either language."""
-    if "CUDA" in label:
-        return [("cuda", None)]
+def device_kinds(label: str) -> list[tuple[str, str | bool | None]]:
+    """(device, its bf16 units: the CPU's kind, or whether the GPU has them) that a row's label names, in either language."""
+    if "ROCm" in label:
+        return [("cuda", True)]
+    if "Turing" in label:
+        return [("cuda", False)]
     if "MPS" in label:
         return [("mps", None)]
     if "AMX" in label and "AVX-512" in label:
@@ -53,12 +55,13 @@ def test_the_precision_table_is_what_resolve_precision_does(readme, monkeypatch)
     rows = precision_table(REPO / readme)
     kinds = [kind for label in rows for kind in device_kinds(label)]
     assert sorted(kinds, key=str) == sorted(
-        [("cuda", None), ("mps", None), ("cpu", "amx"), ("cpu", "avx512"), ("cpu", None)], key=str
+        [("cuda", True), ("cuda", False), ("mps", None), ("cpu", "amx"), ("cpu", "avx512"), ("cpu", None)], key=str
     ), f"{readme} must cover every device kind once"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     for label, cells in rows.items():
         for device, units in device_kinds(label):
-            monkeypatch.setattr(precision, "cpu_bf16_units", lambda units=units: units)
+            cpu_units, gpu_units = (units, False) if device == "cpu" else (None, bool(units))
+            monkeypatch.setattr(precision, "cpu_bf16_units", lambda cpu_units=cpu_units: cpu_units)
+            monkeypatch.setattr(precision, "cuda_native_bf16", lambda device=None, gpu_units=gpu_units: gpu_units)
             ran = [resolve_precision(asked, device).precision for asked in ASKED]
             assert ran == cells, f"{readme}, {label}: the table says {cells}, the code runs {ran}"
 

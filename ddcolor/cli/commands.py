@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--preset", choices=PRESETS, help="; ".join(f"{k}: size {v}" for k, v in PRESETS.items()))
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     c.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: %(default)s: fp16 on a GPU; on a CPU mixed, bf16 only in the heaviest layers, where it has AMX or AVX-512 bf16 units, else fp32; `python -m ddcolor info` shows what each runs here)")
-    c.add_argument("--strict-precision", action="store_true", help="run --precision even where it is slow (fp16 on a CPU; bf16 on a CPU without bf16 units)")
+    c.add_argument("--strict-precision", action="store_true", help="run --precision even where it is slow or unsupported (e.g. fp16 on a CPU), not the closest fast one (`python -m ddcolor info` shows which run as what here)")
     c.add_argument("--format", default="png", choices=FORMATS, help="output format (default: %(default)s; images with alpha are always PNG)")
     c.add_argument("--quality", type=int, default=95, help="JPEG quality 1-95 (default: %(default)s)")
     add_video_options(c)
@@ -188,7 +188,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_FAILED
         report_decided_failures(decided, progress)
-        progress.write(f"model {args.model} on {device} ({model.precision}), size {ddcolor.snap_size(size)}, {describe_jobs(len(jobs) - clips, clips, clip_options, args)}")
+        progress.write(f"model {args.model} on {device} ({ddcolor.precision_plan(model).precision}), size {ddcolor.snap_size(size)}, {describe_jobs(len(jobs) - clips, clips, clip_options, args)}")
         notice = "stopping after the current image; a video stops at its next frames and is not written" if clips else None
         try:
             with StopRequest(progress.write, notice=notice) as stop:
@@ -355,7 +355,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         devices.append("mps")
     for device in devices:
         label = f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else ""
-        fast = ddcolor.fast_precisions(torch.device(device).type)
+        fast = ddcolor.fast_precisions(device)
         line = f"  {device}{label}: precisions {', '.join(fast)} (auto = {fast[0]})"
         slow = [p for p in ddcolor.PRECISIONS if p != "auto" and p not in fast]
         if slow:

@@ -35,8 +35,8 @@ def add_finetune_parser(commands, *, default_model: str, published: str) -> None
     default = FinetuneConfig(output=Path("unused"))
     f = commands.add_parser(
         "finetune", help="fine-tune a model on your color photos",
-        description="Fine-tune DDColor on your own color photos (the paper's losses, mixed precision) and write a "
-        "checkpoint every DDColor tool loads. Ctrl-C stops at the next step and keeps a snapshot for --resume.",
+        description="Fine-tune DDColor on your own color photos (the paper's losses, mixed precision on GPUs and "
+        "on CPUs with bf16 units) and write a checkpoint every DDColor tool loads. Ctrl-C stops at the next step and keeps a snapshot for --resume.",
     )
     f.set_defaults(command=cmd_finetune)
     f.add_argument("inputs", nargs="+", metavar="PHOTOS", help="color photos: files, folders or glob patterns ('album/*.jpg'); gray ones are skipped")

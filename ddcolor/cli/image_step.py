@@ -1,8 +1,8 @@
 """The per-image step of ``colorize``: read, colorize, write atomically.
 
 The local run and the Ray run call these same three functions, in this order,
-on the same arrays, so for the same model, precision and kind of device they
-write the same bytes. They only place the parts differently: the local run
+on the same arrays, so for the same model, precision and kind of device (on a
+CPU: the same bf16 units and number of threads) they write the same bytes. They only place the parts differently: the local run
 (``commands.colorize_jobs``) writes in a background thread while the model
 takes the next image; on Ray (``ray_runner``) reading and writing are map
 tasks and ``colorize`` runs on the model actors.

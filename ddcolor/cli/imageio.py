@@ -33,8 +33,8 @@ from ..output import TEMP_SUFFIX, atomic_path, to_uint8
 # File name extensions of the formats we write, and what Pillow calls them.
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 # zlib's run-length strategy on PNG's filtered rows: for photos as small as
-# Pillow's default (level 6) and ~4x faster (45 ms instead of 190 ms for a
-# 1000x700 colorized photo), which keeps encoding small next to the model.
+# Pillow's default (level 6) and several times faster, which keeps encoding
+# small next to the model (benchmarks/bench_png.py; RESULTS.md, "Writing PNG").
 PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 # Raises Pillow's decompression-bomb limit, in megapixels, for scans larger than its default.
 MAX_MEGAPIXELS_VARIABLE = "DDCOLOR_MAX_MEGAPIXELS"

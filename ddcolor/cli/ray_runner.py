@@ -9,7 +9,8 @@ models, so a GPU never waits on a single reader; each actor loads the model
 once, on its own device, in the precision resolved there. The stages call
 the local run's per-image step, ``image_step.read``, ``.colorize`` and
 ``.write``, on the same arrays, so for the same precision on the same kind of
-device the files are the same bytes.
+device (on a CPU: the same bf16 units and number of threads) the files are the
+same bytes.
 
 A job that is not an image (a video or a folder of frames) is one row too,
 of the kind ``job_kind`` names; it passes through the read and write
@@ -220,8 +221,8 @@ def plan_workers(ray, device: str, workers: int | None, checkpoint: Checkpoint, 
     return WorkerPlan("cpu", min(workers or count, count), per_worker, cpu_worker_memory(checkpoint.fp32_bytes, size))
 
 
-# A worker process with PyTorch loaded, before any model: Ray Data measured 368 MiB
-# for the small calibrated model (its memory report at the end of a run).
+# A worker process with PyTorch loaded, before any model, with headroom over what
+# Ray Data's memory report at the end of a run shows for one with the small model.
 WORKER_BASE_BYTES = 512 << 20
 
 
@@ -418,7 +419,7 @@ class ModelWorker:
 
         node = ray.get_runtime_context().get_node_id()
         threads = f", {torch.get_num_threads()} thread(s)" if self.device == "cpu" else ""
-        print(f"worker on node {node}: {self.device} ({self.model.precision}){threads}", flush=True)
+        print(f"worker on node {node}: {self.device} ({ddcolor.precision_plan(self.model).precision}){threads}", flush=True)
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
