@@ -100,12 +100,13 @@ def test_bad_input_gets_a_clear_error(model):
 
 
 def test_chunks_give_the_same_result_and_report_progress(model):
-    images = torch.rand(3, 32, 48, 3)
+    images = torch.rand(3, 32, 48, 3, generator=torch.Generator().manual_seed(0))
     calls = []
     chunked = ddcolor.colorize(model, images, size=64, batch_size=2, progress=lambda done, total: calls.append((done, total)))
     single = torch.cat([ddcolor.colorize(model, images[i : i + 1], size=64) for i in range(3)])
     assert calls == [(2, 3), (3, 3)]
-    assert torch.allclose(chunked, single, atol=1e-5)
+    # Batch 2 and batch 1 block their matrix products differently: equal within float rounding, not bitwise.
+    assert torch.allclose(chunked, single, atol=1e-4)
 
 
 def test_progress_callback_can_stop_the_run(model):
@@ -126,7 +127,7 @@ def test_out_of_memory_retries_with_smaller_chunks(model, caplog):
         out = ddcolor.colorize(limited, images, size=64, batch_size=4)
     assert limited.batches == [4, 2, 1, 1, 1, 1]
     assert "retrying 2 at a time" in caplog.text
-    assert torch.allclose(out, ddcolor.colorize(model, images, size=64), atol=1e-5)
+    assert torch.allclose(out, ddcolor.colorize(model, images, size=64), atol=1e-4)
 
     with pytest.raises(MemoryError, match="lower size, use fp16"):
         ddcolor.colorize(MemoryLimited(model, max_batch=0), images, size=64, batch_size=2)
