@@ -218,17 +218,23 @@ def shrink(mask: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- models
 
 
-def oracle(clip: Clip, seed: int = 1, field_std: float = 2.0, cast_std: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions (T, S, S, 2): the true ab plus an error new in every frame (smooth color fields and a
-    cast); and the true ab."""
+def oracle(clip: Clip, seed: int = 1, field_std: float = 2.0, cast_std: float = 1.0, correlation: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions (T, S, S, 2): the true ab plus an error (smooth color fields and a cast); and the true ab.
+
+    ``correlation``: of one frame's error with the previous one's (0: new in every frame). A
+    trained model's errors change slowly where the content does (its errors follow what it sees), so
+    its frames differ less than its errors are large: a stabilizer that only averages lags behind them.
+    """
     rng = np.random.default_rng(seed)
     truth = lab_ab(clip.colors)
     size = clip.colors.shape[1]
-    errors = []
+    errors, error = [], None
     for _ in range(len(clip.colors)):
         noise = cv2.GaussianBlur(rng.standard_normal((size, size, 2)).astype(np.float32), (0, 0), size / 24)
         noise *= field_std / noise.std()
-        errors.append(noise + cast_std * rng.standard_normal(2).astype(np.float32))
+        new = noise + cast_std * rng.standard_normal(2).astype(np.float32)
+        error = new if error is None else correlation * error + math.sqrt(1 - correlation**2) * new
+        errors.append(error)
     return truth + np.stack(errors), truth
 
 
@@ -372,6 +378,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=["oracle", "tiny", "large"], choices=["oracle", "tiny", "large"])
     parser.add_argument("--checkpoint", nargs="+", type=Path, default=[], metavar="PATH",
                         help="also measure these checkpoints (e.g. the trained stand-in of benchmarks/temporal_standin.py)")
+    parser.add_argument("--oracle-correlation", type=float, default=0.0, metavar="R",
+                        help="of the oracle's error from one frame to the next (default 0: new in every frame)")
     parser.add_argument("--photos", nargs=2, default=list(PHOTOS), metavar=("FIRST", "SECOND"),
                         help="what the clips show (the object and the second shot show SECOND): ../shared/fixtures "
                         "photos or scikit-image's (chelsea.png, coffee.png...)")
@@ -403,7 +411,7 @@ def main() -> None:
         for kind, clip in clips.items():
             lightness = frame_lightness(clip)
             if model is None:
-                predictions, truth = oracle(clip)
+                predictions, truth = oracle(clip, correlation=args.oracle_correlation)
                 ab = torch.from_numpy(predictions).permute(0, 3, 1, 2).contiguous()
             else:
                 ab, seconds = predict(model, lightness)
