@@ -3,9 +3,11 @@
     python benchmarks/bench_temporal.py                          # oracle, tiny, large; strengths 0.6 0.9 1
     python benchmarks/bench_temporal.py --models oracle --frames 12
     python benchmarks/bench_temporal.py --markdown results.md --figure docs/temporal_flicker.png
+    python benchmarks/bench_temporal.py --models oracle --checkpoint STANDIN.pth --size 256 --photos chelsea.png coffee.png
 
 There are no real black-and-white clips here, so each clip is made from a
-color fixture photo (../shared/fixtures: haze.jpg, lr-face.jpg) moved by known
+color photo (by default ../shared/fixtures' haze.jpg and lr-face.jpg;
+``--photos`` takes others, scikit-image's too) moved by known
 affine motions, rendered in black and white with film grain: a camera pan, a
 fast pan, a slow zoom, a slow rotation, a static shot with exposure flicker, a
 moving object over a background, a hard cut between two shots, and a fade to
@@ -22,7 +24,10 @@ Models:
 * ``tiny`` / ``large``: DDColor with calibrated synthetic checkpoints
   (tests/calibrated.py). Untrained, they change colors almost at random from
   frame to frame (flicker of 20-40 ab units, far above a trained model's) and
-  have no truth; they show the goals hold on real network output, and the cost.
+  far from the true colors; they show the goals hold on real network output, and the cost.
+* ``--checkpoint PATH``: any checkpoint, such as the trained stand-in that
+  benchmarks/temporal_standin.py makes (DDColor-T fine-tuned on these clips'
+  color frames; scikit-image's chelsea.png and coffee.png held out).
 
 Stabilization is ``ddcolor.temporal.stabilize`` applied to the model's
 per-frame predictions, as ``ddcolor.colorize(temporal=s)`` applies it, so the
@@ -36,7 +41,7 @@ forward passes run once per clip for all strengths. Measured on ab (Lab):
 * restart: dE at the first frame of each new shot (goal <= 0.5);
 * revealed (object clip): dE on background the object uncovered since the
   previous frame, where smeared colors would show;
-* truth (oracle): mean |ab - true ab|, stabilized (per-frame).
+* truth: mean |ab - true ab| (the color photo's), stabilized (per-frame).
 """
 
 from __future__ import annotations
@@ -88,9 +93,21 @@ class Clip:
 # ----------------------------------------------------------------------------- clips
 
 
+def photo_path(name: str) -> Path:
+    """A photo of ../shared/fixtures, or else one of scikit-image's bundled photos (chelsea.png, coffee.png...)."""
+    if (FIXTURES / name).is_file():
+        return FIXTURES / name
+    from benchmarks.bench_finetune_quality import skimage_photos
+
+    path = skimage_photos() / name
+    if not path.is_file():
+        sys.exit(f"no photo {name!r} in {FIXTURES} nor among scikit-image's photos ({path.parent})")
+    return path
+
+
 def load_photo(name: str, height: int) -> np.ndarray:
-    """A fixture photo as float32 RGB, scaled to ``height`` rows (room to move a size x size frame)."""
-    image = cv2.cvtColor(cv2.imread(str(FIXTURES / name), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+    """A photo (see photo_path) as float32 RGB, scaled to ``height`` rows (room to move a size x size frame)."""
+    image = cv2.cvtColor(cv2.imread(str(photo_path(name)), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
     scale = height / image.shape[0]
     return cv2.resize(image, (round(image.shape[1] * scale), height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
 
@@ -115,9 +132,10 @@ def motion_map(camera_now: np.ndarray, camera_before: np.ndarray, size: int) -> 
     return map_x.astype(np.float32), map_y.astype(np.float32), valid
 
 
-def make_clip(kind: str, frames: int, size: int, seed: int = 0) -> Clip:
+def make_clip(kind: str, frames: int, size: int, seed: int = 0, photos: tuple[str, str] = PHOTOS) -> Clip:
+    """A clip of ``kind`` moving over ``photos[0]``; the object, and the shot after a cut or fade, show ``photos[1]``."""
     rng = np.random.default_rng(seed)
-    first, second = load_photo(PHOTOS[0], int(size * 1.4)), load_photo(PHOTOS[1], int(size * 1.4))
+    first, second = load_photo(photos[0], int(size * 1.4)), load_photo(photos[1], int(size * 1.4))
     half = size / 2
     middle = (first.shape[1] / 2, first.shape[0] / 2)
     gains = np.ones(frames)
@@ -200,17 +218,23 @@ def shrink(mask: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- models
 
 
-def oracle(clip: Clip, seed: int = 1, field_std: float = 2.0, cast_std: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions (T, S, S, 2): the true ab plus an error new in every frame (smooth color fields and a
-    cast); and the true ab."""
+def oracle(clip: Clip, seed: int = 1, field_std: float = 2.0, cast_std: float = 1.0, correlation: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions (T, S, S, 2): the true ab plus an error (smooth color fields and a cast); and the true ab.
+
+    ``correlation``: of one frame's error with the previous one's (0: new in every frame). A
+    trained model's errors change slowly where the content does (its errors follow what it sees), so
+    its frames differ less than its errors are large: a stabilizer that only averages lags behind them.
+    """
     rng = np.random.default_rng(seed)
     truth = lab_ab(clip.colors)
     size = clip.colors.shape[1]
-    errors = []
+    errors, error = [], None
     for _ in range(len(clip.colors)):
         noise = cv2.GaussianBlur(rng.standard_normal((size, size, 2)).astype(np.float32), (0, 0), size / 24)
         noise *= field_std / noise.std()
-        errors.append(noise + cast_std * rng.standard_normal(2).astype(np.float32))
+        new = noise + cast_std * rng.standard_normal(2).astype(np.float32)
+        error = new if error is None else correlation * error + math.sqrt(1 - correlation**2) * new
+        errors.append(error)
     return truth + np.stack(errors), truth
 
 
@@ -296,10 +320,10 @@ def measure(clip: Clip, per_frame: np.ndarray, out: np.ndarray, cuts: list[int],
 
 
 def table(model_name: str, rows: list[tuple[str, float, dict]]) -> str:
-    oracle = "truth" in rows[0][2]
+    with_truth = "truth" in rows[0][2]
     head = "| clip | strength | flicker: per-frame → stabilized | less flicker | chroma | dE vs per-frame | restart | restarted at |"
     head += " revealed dE |"
-    head += " error vs truth: stabilized (per-frame) |" if oracle else ""
+    head += " error vs truth: stabilized (per-frame) |" if with_truth else ""
     head += " goals |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
@@ -311,7 +335,7 @@ def table(model_name: str, rows: list[tuple[str, float, dict]]) -> str:
             f"| {clip} | {strength:g} | {r['flicker per-frame']:.2f} → {r['flicker']:.2f} | -{r['reduction']:.0%} | "
             f"{r['chroma']:.3f} | {r['dE']:.2f} | {f(r['restart'])} | {r['cuts'] or '—'} | {f(r['revealed'])} |"
         )
-        line += f" {r['truth']:.2f} ({r['truth per-frame']:.2f}) |" if oracle else ""
+        line += f" {r['truth']:.2f} ({r['truth per-frame']:.2f}) |" if with_truth else ""
         line += f" {'MISSED ' + ', '.join(r['missed']) if r['missed'] else 'met'} |"
         lines.append(line)
     return f"**{model_name}**\n\n" + "\n".join(lines)
@@ -351,7 +375,14 @@ def figure(path: Path, per_frame: list[float], out: list[float], title: str) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["oracle", "tiny", "large"], choices=["oracle", "tiny", "large"])
+    parser.add_argument("--models", nargs="*", default=["oracle", "tiny", "large"], choices=["oracle", "tiny", "large"])
+    parser.add_argument("--checkpoint", nargs="+", type=Path, default=[], metavar="PATH",
+                        help="also measure these checkpoints (e.g. the trained stand-in of benchmarks/temporal_standin.py)")
+    parser.add_argument("--oracle-correlation", type=float, default=0.0, metavar="R",
+                        help="of the oracle's error from one frame to the next (default 0: new in every frame)")
+    parser.add_argument("--photos", nargs=2, default=list(PHOTOS), metavar=("FIRST", "SECOND"),
+                        help="what the clips show (the object and the second shot show SECOND): ../shared/fixtures "
+                        "photos or scikit-image's (chelsea.png, coffee.png...)")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--strengths", nargs="+", type=float, default=[0.6, temporal.RECOMMENDED_STRENGTH, 1.0])
     parser.add_argument("--frames", type=int, default=24)
@@ -361,37 +392,37 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, help="write the tables here too")
     parser.add_argument("--figure", type=Path, help=f"plot flicker over time of the {FIGURE_CLIP} clip (first model, recommended strength)")
     args = parser.parse_args()
-    if not all((FIXTURES / p).is_file() for p in PHOTOS):
-        sys.exit(f"needs {', '.join(PHOTOS)} in {FIXTURES}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    clips = {kind: make_clip(kind, args.frames, args.size) for kind in args.kinds}
+    clips = {kind: make_clip(kind, args.frames, args.size, photos=tuple(args.photos)) for kind in args.kinds}
+    models = args.models + [str(path) for path in args.checkpoint]
     report = [
-        f"Machine: {machine('cpu')}. Clips of {args.frames} frames, {args.size}x{args.size}, size {args.size}; "
-        f"recommended strength {temporal.RECOMMENDED_STRENGTH:g}.\n",
+        f"Machine: {machine('cpu')}. Clips of {args.frames} frames, {args.size}x{args.size}, size {args.size}, "
+        f"of {' and '.join(args.photos)}; recommended strength {temporal.RECOMMENDED_STRENGTH:g}.\n",
         "    python benchmarks/bench_temporal.py " + " ".join(sys.argv[1:]) + "\n",
     ]
     print(report[0], flush=True)
     cost_lines = ["| model | precision | model per frame | stabilization per frame | share |", "|---|---|---|---|---|"]
-    for name in args.models:
-        model = None if name == "oracle" else ddcolor.load_model(checkpoint(name), precision=args.precision)
+    for name in models:
+        model = None if name == "oracle" else ddcolor.load_model(checkpoint(name) if name in ("tiny", "large") else name, precision=args.precision)
+        name = Path(name).stem
         rows, stabilize_seconds, model_seconds = [], [], []
         for kind, clip in clips.items():
             lightness = frame_lightness(clip)
             if model is None:
-                predictions, truth = oracle(clip)
+                predictions, truth = oracle(clip, correlation=args.oracle_correlation)
                 ab = torch.from_numpy(predictions).permute(0, 3, 1, 2).contiguous()
             else:
                 ab, seconds = predict(model, lightness)
                 model_seconds.append(seconds)
-                truth = None
+                truth = lab_ab(clip.colors)
             per_frame = ab.permute(0, 2, 3, 1).numpy()
             for strength in args.strengths:
                 out, cuts, seconds = stabilized(lightness, ab, strength)
                 stabilize_seconds.append(seconds)
                 rows.append((kind, strength, measure(clip, per_frame, out, cuts, truth)))
-                if args.figure and kind == FIGURE_CLIP and strength == temporal.RECOMMENDED_STRENGTH and name == args.models[0]:
+                if args.figure and kind == FIGURE_CLIP and strength == temporal.RECOMMENDED_STRENGTH and name == Path(models[0]).stem:
                     title = f"Flicker of the {FIGURE_CLIP} clip ({name} model): motion-compensated ab change from the previous frame, "
                     title += f"strength {strength:g}"
                     figure(args.figure, flicker_series(per_frame, clip), flicker_series(out, clip), title)

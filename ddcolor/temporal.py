@@ -15,7 +15,10 @@ ab is scaled up to the frame:
 3. trust the carried colors per pixel only where the motion is trustworthy:
    the backward and forward flows agree, and the previous frame's lightness,
    moved along the motion, matches this frame's. Occlusions, content entering
-   the frame and the edges of moving objects fail these checks;
+   the frame and the edges of moving objects fail these checks. Nor where the
+   prediction moved away from them by several times the model's own
+   frame-to-frame change: that is a change of the prediction (a fade lifting,
+   the model changing its mind), which the colors follow at once;
 4. blend::
 
        ab = carry * warp(previous ab) + (1 - carry) * predicted ab
@@ -73,6 +76,20 @@ TRUST_MARGIN_PX = 2
 # FADE_TRUST_POWER, so that colors follow a fast fade instead of lagging.
 MAX_FADE_GAIN = 2.0
 FADE_TRUST_POWER = 1.0
+# A prediction that moved away from the carried colors by more than the
+# model's own flicker is a change of the prediction, not flicker (the model
+# sees a color once a fade lifts, or changes its mind about an object):
+# carried colors are trusted fully up to CHANGE_TOLERANCE times the mean
+# frame-to-frame change of the predictions along the motion (over trusted
+# pixels), and not at all beyond twice that, so stabilized colors follow it
+# instead of lagging it by their memory (tighter tolerances also cut the
+# flicker of a trained model's heavy-tailed changes; benchmarks/RESULTS.md).
+# The mean is the smaller of this frame's and the last frame's, so that a
+# change of the whole frame does not hide itself.
+# MIN_FLICKER (ab units) keeps a model that never flickers from being
+# followed to the last decimal.
+CHANGE_TOLERANCE = 3.0
+MIN_FLICKER = 0.5
 # The chroma-keeping blend gains a mix's chroma by at most this much.
 MAX_CHROMA_GAIN = 2.0
 # A frame restarts from its prediction when fewer than this share of its
@@ -103,6 +120,8 @@ class TemporalState:
         self._geometry: tuple[int, int, int] | None = None  # frame height, width, working size
         self._lightness: np.ndarray | None = None  # previous frame's L at the working size
         self._ab: np.ndarray | None = None  # its stabilized ab, (size, size, 2)
+        self._predicted: np.ndarray | None = None  # its predicted ab, (size, size, 2)
+        self._flicker: float | None = None  # the model's last measured frame-to-frame change (median, ab units)
 
     def __repr__(self) -> str:
         return f"TemporalState(frames={self.frames}, cuts={self.cuts})"
@@ -116,6 +135,7 @@ class TemporalState:
     def _assign(self, other: TemporalState) -> None:
         self.frames, self.cuts = other.frames, other.cuts
         self._geometry, self._lightness, self._ab = other._geometry, other._lightness, other._ab
+        self._predicted, self._flicker = other._predicted, other._flicker
 
 
 def check_strength(temporal: float) -> float:
@@ -178,13 +198,18 @@ def stabilize(lightness: Tensor, ab: Tensor, state: TemporalState, strength: flo
                 trust, map_x, map_y, fade = tracked
                 # Chroma travels as its own channel: resampling averages
                 # neighbouring ab vectors, which would gray out fine detail.
-                previous = np.dstack((state._ab, _norm(state._ab)))
-                carried = cv2.remap(previous, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                carried *= fade
+                previous = np.dstack((state._ab, _norm(state._ab), state._predicted))
+                moved = cv2.remap(previous, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                moved *= fade
+                carried, previous_predicted = moved[..., :3], moved[..., 3:]
+                flicker = float(np.mean(_norm(predicted - previous_predicted)[trust >= 0.5]))  # the model's own
+                typical = flicker if state._flicker is None else min(flicker, state._flicker)
+                state._flicker = flicker
+                agreement = _ramp(_norm(predicted - carried[..., :2]), CHANGE_TOLERANCE * max(typical, MIN_FLICKER))
                 fade_trust = min(fade, 1 / fade) ** FADE_TRUST_POWER
-                result = blend(carried, predicted, (strength * MAX_CARRY * fade_trust) * trust)
+                result = blend(carried, predicted, (strength * MAX_CARRY * fade_trust) * trust * agreement)
         out[i] = result
-        state._lightness, state._ab = current_l, result
+        state._lightness, state._ab, state._predicted = current_l, result, predicted
         state.frames += 1
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(ab.device, ab.dtype), state
 

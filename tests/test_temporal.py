@@ -238,6 +238,32 @@ def test_flicker_of_a_grainy_flickering_static_shot_is_cut_without_washing_color
     assert float((ab_of(stabilized) - ab_of(per_frame)).norm(dim=1).mean()) < flicker(per_frame)
 
 
+def static_shot_whose_prediction_changes(frames: int = 10, change_at: int = 6):
+    """L (T, 1, S, S) of a grainy static shot, and predictions (T, 2, S, S): one color with noise of
+    about 1.4 ab units, then from ``change_at`` on another color 12 units away (a fade lifting)."""
+    g = torch.Generator().manual_seed(9)
+    lightness = 100 * torch.from_numpy(scene(6)[:SIZE, :SIZE]).expand(frames, 1, SIZE, SIZE)
+    lightness = lightness + torch.randn(lightness.shape, generator=g)
+    color = torch.tensor([5.0, 10.0]).repeat(frames, 1)
+    color[change_at:] = torch.tensor([15.0, 3.0])
+    predicted = color[:, :, None, None] + torch.randn(frames, 2, SIZE, SIZE, generator=g)
+    return lightness, predicted
+
+
+def test_a_change_of_the_prediction_is_followed_not_lagged(monkeypatch):
+    lightness, predicted = static_shot_whose_prediction_changes()
+    out, state = temporal.stabilize(lightness, predicted, temporal.TemporalState(), temporal.RECOMMENDED_STRENGTH)
+    assert state.cuts == []  # tracked throughout: it is the prediction that changed, not the shot
+    steps, before = (x.diff(dim=0).norm(dim=1).mean(dim=(1, 2)) for x in (out, predicted))
+    assert (steps[:5] < 0.5 * before[:5]).all()  # flicker is still cut before the change...
+    lag = (out[6:] - predicted[6:].mean(dim=(2, 3), keepdim=True)).norm(dim=1).mean(dim=(1, 2))
+    assert lag[0] < 2, lag  # ...and the new color is there in the frame it appears, not mixed with the old one
+    # Without the check the stabilized colors lag the new prediction by their memory.
+    monkeypatch.setattr(temporal, "CHANGE_TOLERANCE", 1e6)
+    unchecked, _ = temporal.stabilize(lightness, predicted, temporal.TemporalState(), temporal.RECOMMENDED_STRENGTH)
+    assert (unchecked[6] - predicted[6:].mean(dim=(0, 2, 3))[:, None, None]).norm(dim=0).mean() > 5
+
+
 def test_recommended_strength_is_in_range():
     assert 0 < temporal.RECOMMENDED_STRENGTH <= 1
 
