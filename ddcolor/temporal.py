@@ -121,7 +121,7 @@ class TemporalState:
         self._lightness: np.ndarray | None = None  # previous frame's L at the working size
         self._ab: np.ndarray | None = None  # its stabilized ab, (size, size, 2)
         self._predicted: np.ndarray | None = None  # its predicted ab, (size, size, 2)
-        self._flicker: float | None = None  # the model's last measured frame-to-frame change (median, ab units)
+        self._flicker: float | None = None  # the model's last measured frame-to-frame change (mean, ab units)
 
     def __repr__(self) -> str:
         return f"TemporalState(frames={self.frames}, cuts={self.cuts})"
@@ -202,10 +202,13 @@ def stabilize(lightness: Tensor, ab: Tensor, state: TemporalState, strength: flo
                 moved = cv2.remap(previous, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                 moved *= fade
                 carried, previous_predicted = moved[..., :3], moved[..., 3:]
-                flicker = float(np.mean(_norm(predicted - previous_predicted)[trust >= 0.5]))  # the model's own
-                typical = flicker if state._flicker is None else min(flicker, state._flicker)
+                changes = _norm(predicted - previous_predicted)[trust >= 0.5]  # the model's own, where tracked
+                # No well-tracked pixel this frame: the last measure stands (an empty mean would be NaN).
+                flicker = float(changes.mean()) if changes.size else state._flicker
+                known = [f for f in (flicker, state._flicker) if f is not None]
+                typical = max(min(known, default=MIN_FLICKER), MIN_FLICKER)
                 state._flicker = flicker
-                agreement = _ramp(_norm(predicted - carried[..., :2]), CHANGE_TOLERANCE * max(typical, MIN_FLICKER))
+                agreement = _ramp(_norm(predicted - carried[..., :2]), CHANGE_TOLERANCE * typical)
                 fade_trust = min(fade, 1 / fade) ** FADE_TRUST_POWER
                 result = blend(carried, predicted, (strength * MAX_CARRY * fade_trust) * trust * agreement)
         out[i] = result
