@@ -44,6 +44,8 @@ class Input:
             "default": self.default, "min": self.min, "max": self.max, "step": self.step,
             "control_after_generate": self.control_after_generate,
         }
+        if self.kind == "STRING":
+            options["multiline"] = False  # the versioned API always states it: the classic one says it too
         return {key: value for key, value in options.items() if value is not None}
 
 
