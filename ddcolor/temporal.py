@@ -11,7 +11,8 @@ ab is scaled up to the frame:
    to this one's;
 2. carry the previous frame's *stabilized* ab along that motion, its chroma
    scaled with the change of light on the tracked content (a fade to black
-   fades colors, and a fast fade lowers the trust in carried colors);
+   fades colors, and a fast fade lowers the trust in carried colors), but no
+   further than to the chroma the model now predicts there;
 3. trust the carried colors per pixel only where the motion is trustworthy:
    the backward and forward flows agree, and the previous frame's lightness,
    moved along the motion, matches this frame's. Occlusions, content entering
@@ -71,7 +72,8 @@ LIGHTNESS_BLUR_SIGMA = 1.0
 TRUST_MARGIN_PX = 2
 # Fades and exposure changes: carried chroma is scaled by the change of
 # L + 16 of the tracked content (in CIELAB both a, b and L + 16 scale as the
-# cube root of the light), by at most MAX_FADE_GAIN either way, and carried
+# cube root of the light), by at most MAX_FADE_GAIN either way, and no
+# further than the prediction's mean chroma there (carried_gain), and carried
 # colors are trusted less, by that ratio (or its inverse) to
 # FADE_TRUST_POWER, so that colors follow a fast fade instead of lagging.
 MAX_FADE_GAIN = 2.0
@@ -200,7 +202,7 @@ def stabilize(lightness: Tensor, ab: Tensor, state: TemporalState, strength: flo
                 # neighbouring ab vectors, which would gray out fine detail.
                 previous = np.dstack((state._ab, _norm(state._ab), state._predicted))
                 moved = cv2.remap(previous, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                moved *= fade
+                moved *= carried_gain(trust, moved[..., 2], predicted, fade)
                 carried, previous_predicted = moved[..., :3], moved[..., 3:]
                 changes = _norm(predicted - previous_predicted)[trust >= 0.5]  # the model's own, where tracked
                 # No well-tracked pixel this frame: the last measure stands (an empty mean would be NaN).
@@ -215,6 +217,21 @@ def stabilize(lightness: Tensor, ab: Tensor, state: TemporalState, strength: flo
         state._lightness, state._ab, state._predicted = current_l, result, predicted
         state.frames += 1
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(ab.device, ab.dtype), state
+
+
+def carried_gain(trust: np.ndarray, carried_chroma: np.ndarray, predicted: np.ndarray, fade: float) -> float:
+    """The factor on carried colors: the change of light ``fade``, but only as far as it brings their
+    chroma toward the prediction's on the tracked content (weighted by ``trust``), never past it.
+
+    Colors that follow the light are what the true colors do, not what every
+    model does: a trained model may predict near-gray while a frame is dark
+    and its colors only once it is bright, and carried colors scaled with the
+    light alone would then end more colorful than any prediction. Scaling by
+    the prediction's own change of chroma instead would pass its flicker of
+    saturation straight through, so the light still sets how far they may go.
+    """
+    level = float((trust * _norm(predicted)).sum() / max(float((trust * carried_chroma).sum()), 1e-6))
+    return float(np.clip(level, min(fade, 1.0), max(fade, 1.0)))
 
 
 def blend(carried: np.ndarray, predicted: np.ndarray, weight: np.ndarray) -> np.ndarray:

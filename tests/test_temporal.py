@@ -230,10 +230,9 @@ def test_flicker_of_a_grainy_flickering_static_shot_is_cut_without_washing_color
     stabilized = ddcolor.colorize(model, frames, size=SIZE, temporal=temporal.RECOMMENDED_STRENGTH)
     assert flicker(stabilized) < 0.5 * flicker(per_frame), (flicker(stabilized), flicker(per_frame))
     chroma = ab_of(stabilized).norm(dim=1).mean() / ab_of(per_frame).norm(dim=1).mean()
-    # Carried colors follow the light (fades), so 8% exposure flicker moves
-    # chroma a little where an untrained model does not: 1.07
-    # on this small synthetic model; the 5% goal is met in the benchmark.
-    assert 0.95 <= chroma <= 1.10
+    # 1.03 on this small synthetic model (1.07 when carried colors followed
+    # the light past the predictions' chroma).
+    assert 0.95 <= chroma <= 1.05
     # Anchored to the prediction: no further from it than it is from itself frame to frame.
     assert float((ab_of(stabilized) - ab_of(per_frame)).norm(dim=1).mean()) < flicker(per_frame)
 
@@ -262,6 +261,32 @@ def test_a_change_of_the_prediction_is_followed_not_lagged(monkeypatch):
     monkeypatch.setattr(temporal, "CHANGE_TOLERANCE", 1e6)
     unchecked, _ = temporal.stabilize(lightness, predicted, temporal.TemporalState(), temporal.RECOMMENDED_STRENGTH)
     assert (unchecked[6] - predicted[6:].mean(dim=(0, 2, 3))[:, None, None]).norm(dim=0).mean() > 5
+
+
+def fade_in_shot(colors_follow_the_light: bool, frames: int = 10):
+    """L (T, 1, S, S) of a grainy static shot brightening from 35% to full, and predictions (T, 2, S, S)
+    of one color with noise whose chroma scales with L + 16 as true colors do, or stays the same."""
+    g = torch.Generator().manual_seed(11)
+    light = torch.linspace(0.35, 1.0, frames)[:, None, None, None]
+    lightness = 100 * torch.from_numpy(scene(7)[:SIZE, :SIZE]).expand(frames, 1, SIZE, SIZE) * light
+    lightness = lightness + torch.randn(lightness.shape, generator=g)
+    brightness = (lightness.mean(dim=(1, 2, 3), keepdim=True) + 16) / (lightness.mean() + 16)
+    color = torch.tensor([8.0, 14.0])[None, :, None, None] * (brightness if colors_follow_the_light else 1)
+    return lightness, color + 1.5 * torch.randn(frames, 2, SIZE, SIZE, generator=g)
+
+
+@pytest.mark.parametrize("colors_follow_the_light", [True, False])
+def test_in_a_fade_stabilized_chroma_stays_that_of_the_predictions(colors_follow_the_light):
+    # A trained model need not predict colors that follow the light (the
+    # stand-in of benchmarks/RESULTS.md stays near gray while dark): carried
+    # colors scaled with the light alone ended 19% more colorful here.
+    lightness, predicted = fade_in_shot(colors_follow_the_light)
+    out, state = temporal.stabilize(lightness, predicted, temporal.TemporalState(), temporal.RECOMMENDED_STRENGTH)
+    assert state.cuts == []
+    chroma = out.norm(dim=1).mean(dim=(1, 2)) / predicted.norm(dim=1).mean(dim=(1, 2))
+    assert ((chroma - 1).abs() < 0.05).all(), chroma
+    if not colors_follow_the_light:  # and the flicker is still cut
+        assert out.diff(dim=0).norm(dim=1).mean() < 0.5 * predicted.diff(dim=0).norm(dim=1).mean()
 
 
 def test_recommended_strength_is_in_range():
