@@ -19,9 +19,10 @@ from ddcolor import load_model
 from ddcolor.checkpoint import IGNORED_KEYS, read_state_dict
 from ddcolor.color import gray_rgb_from_lightness, rgb_to_lab
 from ddcolor.finetune import autocast, published_state_dict, save_checkpoint, trainable_model, trainable_parameters
-from ddcolor.finetune.trainable import LowRankDelta
+from ddcolor.finetune.trainable import LowRankDelta, compute_in_fp32, half_range_units
+from ddcolor.finetune.trainer import set_training
 from ddcolor.precision import training_precision
-from tests.calibrated import STREAM_RECIPES, calibration_images
+from tests.calibrated import BOUNDARY_RECIPES, STREAM_RECIPES, STRESS_RECIPES, calibration_images
 from tests.oracle import original_model, relative_difference
 from tests.support import calibrated_checkpoint
 
@@ -277,39 +278,83 @@ def test_pinned_computations_stay_fp32_under_fp16_autocast(small_state):
     assert any(half in d for d in convs[:-1]), "the head's sub-pixel conv runs in fp16"
 
 
-def fp16_stress_loss(recipe: str, width: int = 64) -> tuple[torch.Tensor, float, torch.nn.Module]:
-    """The L1 loss of DDColor-T with a stress ``recipe`` under fp16 autocast on a 64 x ``width``
-    image, the peak of its FP32 stream, and the model."""
-    model = trainable_model(read_state_dict(calibrated_checkpoint("tiny", stress=recipe)))
+def fp16_stress_loss(model: torch.nn.Module, width: int = 64) -> tuple[torch.Tensor, float]:
+    """The L1 loss of ``model`` under fp16 autocast on a 64 x ``width`` image, with the units that
+    would leave fp16's range computing in FP32 (as the trainer does), and the peak of its FP32 stream."""
     peaks = []
-    for module in model.encoder.modules():
-        if type(module).__name__ == "Block":
-            module.register_forward_hook(lambda m, args, out: peaks.append(out.detach().abs().max().item()))
+    hooks = [module.register_forward_hook(lambda m, args, out: peaks.append(out.detach().abs().max().item()))
+             for module in model.encoder.modules() if type(module).__name__ == "Block"]
     gray, ab = (t[..., :width] for t in color_pair(size=64))
+    compute_in_fp32(model, half_range_units(model, gray))
     with autocast("fp16", "cpu"):
         loss = (model(gray) - ab).abs().mean()
-    return loss, max(peaks), model
+    for hook in hooks:
+        hook.remove()
+    return loss, max(peaks)
 
 
-# The encoder-stream recipes: training keeps the stream and its writers FP32, as inference does. The
-# boundary recipes (tests.calibrated.BOUNDARY_RECIPES) are made safe for inference by exact rewrites at
-# load (balance_for_half), which training does not apply yet, so fp16 training is not claimed for them.
+def stress_model(variant: str, recipe: str | None) -> torch.nn.Module:
+    return trainable_model(read_state_dict(calibrated_checkpoint(variant, stress=recipe)))
+
+
+ENCODER_RECIPES = [None, "blocks", *STREAM_RECIPES]
+
+
+@pytest.mark.parametrize("recipe", [None, *BOUNDARY_RECIPES, "overflow"])
+def test_fp16_training_keeps_units_that_would_leave_its_range_in_fp32(recipe):
+    """The encoder's stream is FP32 by design; what a checkpoint's scales push past fp16 elsewhere
+    (tests.calibrated.BOUNDARY_RECIPES, overflow) would make the loss non-finite: those units compute
+    in FP32, the rest, the whole encoder included, stays in fp16. Nothing trained changes."""
+    model = stress_model("small", recipe)
+    set_training(model)  # BatchNorm statistics frozen, as the trainer runs it
+    gray, ab = color_pair(size=64)
+    with autocast("fp16", "cpu"):
+        before = (model(gray) - ab).abs().mean()
+    exported = published_state_dict(model)
+    units = half_range_units(model, gray)
+    compute_in_fp32(model, units)
+    assert all(torch.equal(tensor, published_state_dict(model)[k]) for k, tensor in exported.items())
+    with autocast("fp16", "cpu"):
+        after = (model(gray) - ab).abs().mean()
+    assert torch.isfinite(after)
+    if recipe in ENCODER_RECIPES:
+        assert units == [] and torch.isfinite(before)
+    else:
+        assert not torch.isfinite(before) and units and model.fp32_units == units
+        assert all(unit == "head" or unit.startswith("decoder.") for unit in units), units
+
+
+def test_units_computing_in_fp32_stay_so_in_a_copy():
+    model = stress_model("small", "concat")
+    gray, _ = color_pair(size=64)
+    compute_in_fp32(model, half_range_units(model, gray))
+    copy = deepcopy(model)
+    block = copy.get_submodule(copy.fp32_units[0])
+    assert copy.fp32_units == model.fp32_units and block.forward.__self__ is block
+    with autocast("fp16", "cpu"):
+        assert torch.isfinite(copy(gray)).all()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["blocks", *STREAM_RECIPES])
+@pytest.mark.parametrize("recipe", STRESS_RECIPES)
 def test_fp16_training_forward_of_stress_checkpoints_stays_finite(recipe):
-    """Their FP32 encoder streams exceed fp16's range; under autocast they must not overflow."""
-    loss, peak, _ = fp16_stress_loss(recipe)
-    assert peak > torch.finfo(torch.float16).max
+    """DDColor-T: the stress checkpoints' FP32 activations exceed fp16's range; under autocast they must not overflow."""
+    model = stress_model("tiny", recipe)
+    loss, peak = fp16_stress_loss(model)
+    if recipe in ENCODER_RECIPES:  # the stream is FP32 by design: nothing else need be
+        assert peak > torch.finfo(torch.float16).max and model.fp32_units == []
     assert torch.isfinite(loss)
 
 
 # The recipes differ in which forward writer carries the scale. PyTorch has no
 # fast fp16 convolution backward on CPUs (seconds per decoder conv), so the
-# backward runs for two of them (the largest layer scales, and the stem), on half the pixels.
+# backward runs for two of them (the largest layer scales, and the stem), on half
+# the pixels; tests/test_finetune.py trains the others in fp16 on the small variant.
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["blocks", "stem"])
 def test_fp16_training_backward_of_stress_checkpoints_stays_finite(recipe):
-    loss, _, model = fp16_stress_loss(recipe, width=32)
+    model = stress_model("tiny", recipe)
+    loss, _ = fp16_stress_loss(model, width=32)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in trainable_parameters(model))
 
