@@ -14,9 +14,9 @@ layout the way the original trains it:
   decoder's linear layers, everything else frozen). A frozen layer's stored
   tensors never change: frozen BatchNorm and spectral-norm layers run in eval
   mode (running statistics and power iteration stay as loaded);
-* ``checkpointing`` recomputes each ConvNeXt block, each color-decoder
-  layer and each group of the head's sub-pixels in the backward pass instead
-  of keeping their activations.
+* ``checkpointing`` recomputes each ConvNeXt block, each U-Net block of the
+  pixel decoder, each color-decoder layer and each group of the head's
+  sub-pixels in the backward pass instead of keeping their activations.
 
 Nothing is rebalanced for half precision as inference does at load
 (``balance_for_half``): the optimizer sees the checkpoint's own parameters, as
@@ -265,15 +265,18 @@ def trainable_model(
     """A FP32 model in train mode built from ``state`` (the published layout,
     e.g. ``checkpoint.read_state_dict``), on the CPU; see the module docstring.
 
-    ``state``'s tensors are copied, never changed. ``train="lora"`` draws the
-    adapters' initial values from torch's global generator.
+    The model takes ``state``'s FP32 tensors as its own, without a copy (as
+    ``checkpoint.model_from_state_dict`` does), so that loading never holds
+    the weights twice; training changes them in place: pass copies to keep
+    ``state``. ``train="lora"`` draws the adapters' initial values from
+    torch's global generator.
     """
     if train not in TRAIN_CHOICES:
         raise ValueError(f"train must be one of {', '.join(TRAIN_CHOICES)}; got {train!r}")
     if train == "lora" and rank < 1:
         raise ValueError(f"the LoRA rank must be a positive integer; got {rank}")
-    passthrough = {k.removeprefix("module."): v.clone() for k, v in state.items() if k.removeprefix("module.") in IGNORED_KEYS}
-    state = {k: v.detach().clone() for k, v in network_tensors(state).items()}
+    passthrough = {k.removeprefix("module."): v for k, v in state.items() if k.removeprefix("module.") in IGNORED_KEYS}
+    state = network_tensors(state)
     config = config_from_state_dict(state, source)
     spectral = sorted(k[: -len(".weight_orig")] for k in state if k.endswith(".weight_orig"))
     with torch.device("meta"):

@@ -230,6 +230,7 @@ class FinetuneRun:
         )
         self.trainer = Trainer(model.to(self.device), self.losses.to(self.device), config, self.precision, self.device, self.dist)
         start = 0 if snapshot is None else self._restore(snapshot)
+        self.snapshot = snapshot = None  # restored: its copy of the weights and optimizer state can go
         if start:
             say(f"resumed at step {start} of {config.steps} from {self.files.snapshot}")
         say(
