@@ -14,9 +14,9 @@ layout the way the original trains it:
   decoder's linear layers, everything else frozen). A frozen layer's stored
   tensors never change: frozen BatchNorm and spectral-norm layers run in eval
   mode (running statistics and power iteration stay as loaded);
-* ``checkpointing`` recomputes each ConvNeXt block, each U-Net block of the
-  pixel decoder, each color-decoder layer and each group of the head's
-  sub-pixels in the backward pass instead of keeping their activations.
+* ``checkpointing`` recomputes each ConvNeXt block, each color-decoder
+  layer and each group of the head's sub-pixels in the backward pass instead
+  of keeping their activations.
 
 Nothing is rebalanced for half precision as inference does at load
 (``balance_for_half``): the optimizer sees the checkpoint's own parameters, as

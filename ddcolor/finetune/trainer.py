@@ -386,7 +386,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, losses: PaperLosses, config: FinetuneConfig, precision: str,
                  device: torch.device, dist: Distributed):
-        self.module, self.losses, self.precision, self.device = model, losses, precision, device
+        self.module, self.losses, self.precision, self.device, self.dist = model, losses, precision, device, dist
         set_training(model)
         self.model = _data_parallel(model, device) if dist.active else model
         self.parameters = trainable.trainable_parameters(model)
@@ -418,7 +418,10 @@ class Trainer:
                 ab = self.model(batch.gray)
             terms, rgb = self.losses(ab, batch.lightness, batch.rgb, batch.ab, self.discriminator)
             total = sum(terms.values())
-            if self.precision != "fp16" or torch.isfinite(total) or not self._keep_half_range(batch.gray):
+            # Decided by all processes together: each runs the same forwards (DDP's are collective).
+            if self.precision != "fp16" or not self.dist.any(not bool(torch.isfinite(total))):
+                break
+            if not self.dist.any(self._keep_half_range(batch.gray)):
                 break
         self.scaler.scale(total).backward()
         stepped = self._apply(self.optimizer, self.parameters)
