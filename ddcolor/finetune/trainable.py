@@ -52,7 +52,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves
 
 from ..checkpoint import IGNORED_KEYS, config_from_state_dict, load_strictly, network_tensors, spectral_sigma
 from ..convnext import Block
@@ -182,7 +181,7 @@ class _HalfOpPeaks(TorchFunctionMode):
             return func(*args, **kwargs)
         with torch.autocast(self.device_type, enabled=False):
             out = func(*args, **kwargs)
-        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, Tensor) and t.is_floating_point()]
+        tensors = [t for t in (*args, *kwargs.values(), out) if isinstance(t, Tensor) and t.is_floating_point()]
         self.record(max(float(t.detach().abs().amax()) for t in tensors))
         return out
 
