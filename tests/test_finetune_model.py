@@ -207,7 +207,7 @@ def test_bad_choices_are_refused_clearly(small_state):
 # ----------------------------------------------------------------------------- memory levers
 
 
-@pytest.mark.parametrize("train", ["all", "lora"])
+@pytest.mark.parametrize("train", TRAIN_CHOICES)
 def test_gradient_checkpointing_gives_the_same_gradients(small_state, train):
     gray, ab = color_pair(batch=2)
     grads = []

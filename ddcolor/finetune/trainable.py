@@ -14,9 +14,9 @@ layout the way the original trains it:
   decoder's linear layers, everything else frozen). A frozen layer's stored
   tensors never change: frozen BatchNorm and spectral-norm layers run in eval
   mode (running statistics and power iteration stay as loaded);
-* ``checkpointing`` recomputes each ConvNeXt block, each color-decoder
-  layer and each group of the head's sub-pixels in the backward pass instead
-  of keeping their activations.
+* ``checkpointing`` recomputes each ConvNeXt block, each U-Net block of the
+  pixel decoder, each color-decoder layer and each group of the head's
+  sub-pixels in the backward pass instead of keeping their activations.
 
 Nothing is rebalanced for half precision as inference does at load
 (``balance_for_half``): the optimizer sees the checkpoint's own parameters, as
@@ -99,10 +99,12 @@ class TrainableDDColor(DDColor):
         try:
             return super().forward(x)
         finally:
-            # Autograd holds what it needs; detached, the model can be copied between steps.
+            # Autograd holds what it needs; detached, the model can be copied between steps. Still
+            # requiring grad where it did, so that a checkpointed block recomputed in the backward
+            # pass saves what the forward saved (its gradient flows through the forward's graph).
             for name in self.spectral:
                 conv = self.get_submodule(name)
-                conv.weight = conv.weight.detach()
+                conv.weight = conv.weight.detach().requires_grad_(conv.weight.requires_grad)
 
     def normalize_spectral_weights(self) -> None:
         """Set each spectral-norm conv's weight; one power iteration first if it trains."""
