@@ -145,7 +145,7 @@ def test_an_fp16_forward_that_overflows_is_measured_and_run_again():
 # Each boundary recipe puts some tensor past fp16's range; the trainer keeps those units in FP32.
 # GradScaler starts at 2^16 and halves the scale at each skipped step (it grows back only after
 # 2000 good steps), so the skips are the scale's way down to where the gradients fit: 3 in 24 steps
-# for the calibrated checkpoint, 6 to 10 for these. A range problem it cannot solve skips every step.
+# for the calibrated checkpoint, 3 to 9 for these. A range problem it cannot solve skips every step.
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", [*BOUNDARY_RECIPES, "overflow"])
 def test_fp16_training_of_stress_checkpoints_stays_finite_and_rarely_skips(recipe):
