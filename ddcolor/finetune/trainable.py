@@ -41,7 +41,6 @@ adapters merged into their weights, and ``save_checkpoint`` writes it.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from pathlib import Path
@@ -59,8 +58,6 @@ from ..decoder import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer, Un
 from ..layers import BatchNorm2d, Linear, MultiheadAttention, autocast_off
 from ..model import DDColor, DDColorConfig
 from .config import TRAIN_CHOICES
-
-log = logging.getLogger("ddcolor")
 
 # torch.nn.utils.spectral_norm's defaults, which the original uses.
 SPECTRAL_EPS = 1e-12
