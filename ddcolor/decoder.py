@@ -265,6 +265,9 @@ class MultiScaleColorDecoder(nn.Module):
 class Decoder(nn.Module):
     """Pixel decoder (``layers``, ``last_shuf``) plus the color decoder."""
 
+    # Training: recompute each U-Net block in the backward pass instead of keeping its activations.
+    gradient_checkpointing = False
+
     def __init__(self, encoder_dims: tuple[int, ...], nf: int, config_color: dict):
         super().__init__()
         # Three wide U-Net blocks, deepest tap first; the last one halves nf.
@@ -316,6 +319,6 @@ class Decoder(nn.Module):
         out = taps[3]
         scales = []
         for block, skip in zip(self.layers, reversed(taps[:3])):
-            out = block(out, skip)
+            out = checkpointed(block, out, skip, enabled=self.gradient_checkpointing)
             scales.append(out)
         return scales

@@ -40,7 +40,8 @@ from ddcolor.finetune.losses import (
 )
 from ddcolor.finetune.trainer import FinetuneError, Trainer, finetune
 from ddcolor.precision import autocast
-from tests.support import interrupt, started, wait_for_stderr
+from tests.calibrated import BOUNDARY_RECIPES
+from tests.support import calibrated_checkpoint, interrupt, started, wait_for_stderr
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 64
@@ -126,6 +127,37 @@ def test_an_overflowing_fp16_step_is_skipped_the_scale_lowered_and_counted(tmp_p
     assert result.skipped_steps == 2
     records = [json.loads(line) for line in result.files.log.read_text().splitlines()]
     assert [(r["skipped"], r["loss_scale"]) for r in records if "loss" in r] == [(True, 2.0**39), (True, 2.0**38)]
+
+
+def test_an_fp16_forward_that_overflows_is_measured_and_run_again():
+    """The units are measured on the first fp16 batch; should a later batch (or weights grown in
+    training) overflow, the step is measured again, those units join, and it runs again."""
+    trainer = make_trainer(calibrated_checkpoint("small", stress="ffn"), "fp16", initial_loss_scale=2.0**8)
+    trainer.half_range_measured = True  # as if the first batch had put nothing out of range
+    terms, _ = trainer.step(training_batch())
+    assert torch.isfinite(terms["loss"]) and trainer.module.fp32_units
+    # A snapshot carries them: the resumed run computes as the interrupted one did.
+    resumed = make_trainer(calibrated_checkpoint("small", stress="ffn"), "fp16")
+    resumed.load_state_dict(trainer.state_dict())
+    assert resumed.module.fp32_units == trainer.module.fp32_units and resumed.half_range_measured
+
+
+# Each boundary recipe puts some tensor past fp16's range; the trainer keeps those units in FP32.
+# GradScaler starts at 2^16 and halves the scale at each skipped step (it grows back only after
+# 2000 good steps), so the skips are the scale's way down to where the gradients fit: 3 in 24 steps
+# for the calibrated checkpoint, 3 to 9 for these. A range problem it cannot solve skips every step.
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [*BOUNDARY_RECIPES, "overflow"])
+def test_fp16_training_of_stress_checkpoints_stays_finite_and_rarely_skips(recipe):
+    trainer = make_trainer(calibrated_checkpoint("small", stress=recipe), "fp16", lr=1e-4)
+    skipped = []
+    for step in range(24):
+        terms, was_skipped = trainer.step(training_batch(seed=step))
+        assert all(torch.isfinite(value) for value in terms.values()), (step, terms)
+        skipped.append(was_skipped)
+    assert sum(skipped) <= 12, skipped
+    assert trainer.loss_scale == 2.0 ** (16 - sum(skipped)) >= 2.0**4  # every step skipped: 2^-8
+    assert all(torch.isfinite(p).all() for p in trainer.parameters)
 
 
 @pytest.mark.slow

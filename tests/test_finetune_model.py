@@ -19,9 +19,10 @@ from ddcolor import load_model
 from ddcolor.checkpoint import IGNORED_KEYS, read_state_dict
 from ddcolor.color import gray_rgb_from_lightness, rgb_to_lab
 from ddcolor.finetune import autocast, published_state_dict, save_checkpoint, trainable_model, trainable_parameters
-from ddcolor.finetune.trainable import LowRankDelta
+from ddcolor.finetune.trainable import LowRankDelta, compute_in_fp32, half_range_units
+from ddcolor.finetune.trainer import set_training
 from ddcolor.precision import training_precision
-from tests.calibrated import STREAM_RECIPES, calibration_images
+from tests.calibrated import BOUNDARY_RECIPES, STREAM_RECIPES, STRESS_RECIPES, calibration_images
 from tests.oracle import original_model, relative_difference
 from tests.support import calibrated_checkpoint
 
@@ -31,6 +32,11 @@ TRAIN_CHOICES = ["all", "decoder", "lora"]
 @pytest.fixture(scope="module")
 def small_state(small_checkpoint):
     return read_state_dict(small_checkpoint)
+
+
+def fresh(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` to build a model from: the model takes the tensors it is given and trains them."""
+    return {k: v.clone() for k, v in state.items()}
 
 
 def color_pair(size: int = 64, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +75,7 @@ def eval_output(model, x):
 def test_in_eval_mode_it_computes_what_the_inference_model_computes(small_checkpoint, small_state, train):
     gray = calibration_images(64, count=2, seed=3)
     expected = load_model(small_checkpoint)(gray)
-    model = trainable_model(small_state, train=train)
+    model = trainable_model(fresh(small_state), train=train)
     assert model.training and all(p.dtype == torch.float32 for p in model.parameters())
     assert relative_difference(expected, eval_output(model, gray)) < 1e-4
 
@@ -77,7 +83,7 @@ def test_in_eval_mode_it_computes_what_the_inference_model_computes(small_checkp
 def test_the_autograd_path_computes_what_the_inference_path_computes(small_state):
     """With autograd recording, the ConvNeXt blocks skip their in-place bands and
     attention its in-place softmax; the result must not change."""
-    model = trainable_model(small_state).eval()
+    model = trainable_model(fresh(small_state)).eval()
     gray = calibration_images(64, count=1, seed=4)
     with torch.no_grad():
         lean = model(gray)
@@ -89,7 +95,7 @@ def test_the_autograd_path_computes_what_the_inference_path_computes(small_state
 @pytest.mark.parametrize("train", ["all", "lora"])
 def test_a_model_in_training_can_be_copied(small_state, train):
     """E.g. for an average of the weights, or to keep the start model."""
-    model = trainable_model(small_state, train=train, rank=2)
+    model = trainable_model(fresh(small_state), train=train, rank=2)
     gray, ab = color_pair()
     l1_steps(model, gray, ab, steps=1, lr=1e-3)
     copy = deepcopy(model)
@@ -100,19 +106,19 @@ def test_a_model_in_training_can_be_copied(small_state, train):
 def test_its_own_state_dict_restores_it_exactly(small_state, train):
     """What a resumable snapshot needs: adapters, spectral vectors and BatchNorm statistics included."""
     gray, ab = color_pair()
-    model = trainable_model(small_state, train=train, rank=2)
+    model = trainable_model(fresh(small_state), train=train, rank=2)
     l1_steps(model, gray, ab, steps=2, lr=1e-3)
-    restored = trainable_model(small_state, train=train, rank=2)
+    restored = trainable_model(fresh(small_state), train=train, rank=2)
     restored.load_state_dict(model.state_dict())
     assert l1_steps(restored, gray, ab, steps=2, lr=1e-3) == l1_steps(model, gray, ab, steps=2, lr=1e-3)
 
 
-def test_the_state_dict_given_is_never_changed(small_state):
-    before = {k: v.clone() for k, v in small_state.items()}
-    model = trainable_model(small_state)
-    gray, ab = color_pair()
-    l1_steps(model, gray, ab, steps=2, lr=1e-3)
-    assert all(torch.equal(before[k], small_state[k]) for k in before)
+def test_loading_takes_the_state_dicts_tensors_without_a_copy(small_checkpoint):
+    """So the weights are never held twice (a state dict read from the file, then the model's copy)."""
+    state = read_state_dict(small_checkpoint)
+    model = trainable_model(state)
+    own = {name: tensor for name, tensor in model.state_dict().items()}
+    assert all(own[k].data_ptr() == state[k].data_ptr() for k in own if k in state and state[k].is_floating_point())
 
 
 # ----------------------------------------------------------------------------- what trains
@@ -120,7 +126,7 @@ def test_the_state_dict_given_is_never_changed(small_state):
 
 @pytest.mark.parametrize("train", TRAIN_CHOICES)
 def test_gradients_reach_exactly_the_trainable_parameters(small_state, train):
-    model = trainable_model(small_state, train=train, rank=4)
+    model = trainable_model(fresh(small_state), train=train, rank=4)
     gray, ab = color_pair()
     (model(gray) - ab).abs().mean().backward()
     trainable = {id(p) for p in trainable_parameters(model)}
@@ -148,14 +154,14 @@ def test_gradients_reach_exactly_the_trainable_parameters(small_state, train):
 @pytest.mark.parametrize("train", TRAIN_CHOICES)
 def test_a_few_steps_lower_the_l1_loss(small_state, train):
     torch.manual_seed(0)
-    model = trainable_model(small_state, train=train, rank=4)
+    model = trainable_model(fresh(small_state), train=train, rank=4)
     gray, ab = color_pair()
     losses = l1_steps(model, gray, ab, steps=6, lr=3e-3)
     assert losses[-1] < 0.95 * losses[0], losses
 
 
 def test_decoder_training_leaves_the_encoder_as_loaded(small_state):
-    model = trainable_model(small_state, train="decoder")
+    model = trainable_model(fresh(small_state), train="decoder")
     gray, ab = color_pair()
     l1_steps(model, gray, ab, steps=2, lr=1e-3)
     exported = published_state_dict(model)
@@ -166,7 +172,7 @@ def test_decoder_training_leaves_the_encoder_as_loaded(small_state):
 
 def test_lora_starts_as_the_base_model_and_merges_exactly(small_checkpoint, small_state, tmp_path):
     torch.manual_seed(0)
-    model = trainable_model(small_state, train="lora", rank=4)
+    model = trainable_model(fresh(small_state), train="lora", rank=4)
     gray, ab = color_pair()
     # Zero-initialised adapters: the base model's output up to summation order (1.1e-6 with one thread).
     assert relative_difference(load_model(small_checkpoint)(gray), eval_output(model, gray)) < 1e-5
@@ -183,7 +189,7 @@ def test_lora_starts_as_the_base_model_and_merges_exactly(small_checkpoint, smal
 
 
 def test_lora_adapters_have_the_rank_asked_for(small_state):
-    model = trainable_model(small_state, train="lora", rank=3)
+    model = trainable_model(fresh(small_state), train="lora", rank=3)
     adapters = [m for m in model.modules() if isinstance(m, LowRankDelta)]
     blocks = sum(model.config.depths)
     # 2 per ConvNeXt block; per color-decoder layer: 2 attentions x (in, out) + 2 FFN; 3 embedding layers.
@@ -193,21 +199,21 @@ def test_lora_adapters_have_the_rank_asked_for(small_state):
 
 def test_bad_choices_are_refused_clearly(small_state):
     with pytest.raises(ValueError, match="all, decoder, lora"):
-        trainable_model(small_state, train="encoder")
+        trainable_model(fresh(small_state), train="encoder")
     with pytest.raises(ValueError, match="rank"):
-        trainable_model(small_state, train="lora", rank=0)
+        trainable_model(fresh(small_state), train="lora", rank=0)
 
 
 # ----------------------------------------------------------------------------- memory levers
 
 
-@pytest.mark.parametrize("train", ["all", "lora"])
+@pytest.mark.parametrize("train", TRAIN_CHOICES)
 def test_gradient_checkpointing_gives_the_same_gradients(small_state, train):
     gray, ab = color_pair(batch=2)
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = trainable_model(small_state, train=train, rank=4, checkpointing=checkpointing)
+        model = trainable_model(fresh(small_state), train=train, rank=4, checkpointing=checkpointing)
         (model(gray) - ab).abs().mean().backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     plain, recomputed = grads
@@ -240,7 +246,7 @@ CONVERSIONS = {"_to_copy", "copy_"}
 
 
 def test_pinned_computations_stay_fp32_under_fp16_autocast(small_state):
-    model = trainable_model(small_state)
+    model = trainable_model(fresh(small_state))
     recorder = DtypeRecorder(model)
     # The ConvNeXt stream and its writers
     stream = {name: m for name, m in model.named_modules() if type(m).__name__ in ("FP32Conv2d", "Block")}
@@ -277,39 +283,83 @@ def test_pinned_computations_stay_fp32_under_fp16_autocast(small_state):
     assert any(half in d for d in convs[:-1]), "the head's sub-pixel conv runs in fp16"
 
 
-def fp16_stress_loss(recipe: str, width: int = 64) -> tuple[torch.Tensor, float, torch.nn.Module]:
-    """The L1 loss of DDColor-T with a stress ``recipe`` under fp16 autocast on a 64 x ``width``
-    image, the peak of its FP32 stream, and the model."""
-    model = trainable_model(read_state_dict(calibrated_checkpoint("tiny", stress=recipe)))
+def fp16_stress_loss(model: torch.nn.Module, width: int = 64) -> tuple[torch.Tensor, float]:
+    """The L1 loss of ``model`` under fp16 autocast on a 64 x ``width`` image, with the units that
+    would leave fp16's range computing in FP32 (as the trainer does), and the peak of its FP32 stream."""
     peaks = []
-    for module in model.encoder.modules():
-        if type(module).__name__ == "Block":
-            module.register_forward_hook(lambda m, args, out: peaks.append(out.detach().abs().max().item()))
+    hooks = [module.register_forward_hook(lambda m, args, out: peaks.append(out.detach().abs().max().item()))
+             for module in model.encoder.modules() if type(module).__name__ == "Block"]
     gray, ab = (t[..., :width] for t in color_pair(size=64))
+    compute_in_fp32(model, half_range_units(model, gray))
     with autocast("fp16", "cpu"):
         loss = (model(gray) - ab).abs().mean()
-    return loss, max(peaks), model
+    for hook in hooks:
+        hook.remove()
+    return loss, max(peaks)
 
 
-# The encoder-stream recipes: training keeps the stream and its writers FP32, as inference does. The
-# boundary recipes (tests.calibrated.BOUNDARY_RECIPES) are made safe for inference by exact rewrites at
-# load (balance_for_half), which training does not apply yet, so fp16 training is not claimed for them.
+def stress_model(variant: str, recipe: str | None) -> torch.nn.Module:
+    return trainable_model(read_state_dict(calibrated_checkpoint(variant, stress=recipe)))
+
+
+ENCODER_RECIPES = [None, "blocks", *STREAM_RECIPES]
+
+
+@pytest.mark.parametrize("recipe", [None, *BOUNDARY_RECIPES, "overflow"])
+def test_fp16_training_keeps_units_that_would_leave_its_range_in_fp32(recipe):
+    """The encoder's stream is FP32 by design; what a checkpoint's scales push past fp16 elsewhere
+    (tests.calibrated.BOUNDARY_RECIPES, overflow) would make the loss non-finite: those units compute
+    in FP32, the rest, the whole encoder included, stays in fp16. Nothing trained changes."""
+    model = stress_model("small", recipe)
+    set_training(model)  # BatchNorm statistics frozen, as the trainer runs it
+    gray, ab = color_pair(size=64)
+    with autocast("fp16", "cpu"):
+        before = (model(gray) - ab).abs().mean()
+    exported = published_state_dict(model)
+    units = half_range_units(model, gray)
+    compute_in_fp32(model, units)
+    assert all(torch.equal(tensor, published_state_dict(model)[k]) for k, tensor in exported.items())
+    with autocast("fp16", "cpu"):
+        after = (model(gray) - ab).abs().mean()
+    assert torch.isfinite(after)
+    if recipe in ENCODER_RECIPES:
+        assert units == [] and torch.isfinite(before)
+    else:
+        assert not torch.isfinite(before) and units and model.fp32_units == units
+        assert all(unit == "head" or unit.startswith("decoder.") for unit in units), units
+
+
+def test_units_computing_in_fp32_stay_so_in_a_copy():
+    model = stress_model("small", "concat")
+    gray, _ = color_pair(size=64)
+    compute_in_fp32(model, half_range_units(model, gray))
+    copy = deepcopy(model)
+    block = copy.get_submodule(copy.fp32_units[0])
+    assert copy.fp32_units == model.fp32_units and block.forward.__self__ is block
+    with autocast("fp16", "cpu"):
+        assert torch.isfinite(copy(gray)).all()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["blocks", *STREAM_RECIPES])
+@pytest.mark.parametrize("recipe", STRESS_RECIPES)
 def test_fp16_training_forward_of_stress_checkpoints_stays_finite(recipe):
-    """Their FP32 encoder streams exceed fp16's range; under autocast they must not overflow."""
-    loss, peak, _ = fp16_stress_loss(recipe)
-    assert peak > torch.finfo(torch.float16).max
+    """DDColor-T: the stress checkpoints' FP32 activations exceed fp16's range; under autocast they must not overflow."""
+    model = stress_model("tiny", recipe)
+    loss, peak = fp16_stress_loss(model)
+    if recipe in ENCODER_RECIPES:  # the stream is FP32 by design: nothing else need be
+        assert peak > torch.finfo(torch.float16).max and model.fp32_units == []
     assert torch.isfinite(loss)
 
 
 # The recipes differ in which forward writer carries the scale. PyTorch has no
 # fast fp16 convolution backward on CPUs (seconds per decoder conv), so the
-# backward runs for two of them (the largest layer scales, and the stem), on half the pixels.
+# backward runs for two of them (the largest layer scales, and the stem), on half
+# the pixels; tests/test_finetune.py trains the others in fp16 on the small variant.
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["blocks", "stem"])
 def test_fp16_training_backward_of_stress_checkpoints_stays_finite(recipe):
-    loss, _, model = fp16_stress_loss(recipe, width=32)
+    model = stress_model("tiny", recipe)
+    loss, _ = fp16_stress_loss(model, width=32)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in trainable_parameters(model))
 
@@ -342,7 +392,7 @@ def test_autocast_runs_half_only_when_asked():
 @pytest.mark.slow
 def test_the_export_loads_strictly_everywhere_with_the_same_output(tiny_checkpoint, tmp_path):
     state = read_state_dict(tiny_checkpoint)
-    model = trainable_model(state)
+    model = trainable_model(fresh(state))
     gray, ab = color_pair(size=64)
     l1_steps(model, gray, ab, steps=1, lr=1e-3)
     exported = published_state_dict(model)
@@ -364,7 +414,7 @@ def test_the_export_loads_strictly_everywhere_with_the_same_output(tiny_checkpoi
 
 
 def test_an_interrupted_save_leaves_no_file(small_state, tmp_path, monkeypatch):
-    model = trainable_model(small_state)
+    model = trainable_model(fresh(small_state))
     target = tmp_path / "out.pth"
 
     def crash(obj, f, *args, **kwargs):
@@ -383,10 +433,10 @@ def test_an_interrupted_save_leaves_no_file(small_state, tmp_path, monkeypatch):
 
 def test_head_cls_is_kept_only_when_the_source_had_it(small_state):
     without = {k: v for k, v in small_state.items() if k not in IGNORED_KEYS}
-    assert set(published_state_dict(trainable_model(without))) == set(without)
-    assert set(published_state_dict(trainable_model(small_state))) == set(small_state)
+    assert set(published_state_dict(trainable_model(fresh(without)))) == set(without)
+    assert set(published_state_dict(trainable_model(fresh(small_state)))) == set(small_state)
     data_parallel = {f"module.{k}": v for k, v in small_state.items()}
-    assert set(published_state_dict(trainable_model(data_parallel))) == set(small_state)
+    assert set(published_state_dict(trainable_model(fresh(data_parallel)))) == set(small_state)
 
 
 def test_importing_ddcolor_does_not_import_training_code():

@@ -14,18 +14,26 @@ layout the way the original trains it:
   decoder's linear layers, everything else frozen). A frozen layer's stored
   tensors never change: frozen BatchNorm and spectral-norm layers run in eval
   mode (running statistics and power iteration stay as loaded);
-* ``checkpointing`` recomputes each ConvNeXt block, each color-decoder
-  layer and each group of the head's sub-pixels in the backward pass instead
-  of keeping their activations.
+* ``checkpointing`` recomputes each ConvNeXt block, each U-Net block of the
+  pixel decoder, each color-decoder layer and each group of the head's
+  sub-pixels in the backward pass instead of keeping their activations.
 
-The ConvNeXt MLPs are not rebalanced for half precision as inference does
-(``convnext.Block.balance_for_half``): the optimizer sees the checkpoint's own
-parameters, as the original trains them, fp32 and mixed-precision runs train
-the same parameters, and frozen tensors are exported exactly as loaded. Under
-autocast the tensors that carry a checkpoint's large scales (the stream, its
-writers, the layer scales) stay FP32, which keeps the stress checkpoints
-finite in fp16 (tests/test_finetune_model.py); a checkpoint that put such
-scales into the MLP weights themselves would give a non-finite loss at once.
+Nothing is rebalanced for half precision as inference does at load
+(``balance_for_half``): the optimizer sees the checkpoint's own parameters, as
+the original trains them, fp32 and mixed-precision runs train the same
+parameters, and frozen tensors are exported exactly as loaded. Under autocast
+the computations inference pins stay FP32 (normalization, softmax logits, the
+ConvNeXt stream and its writers, the layer scales). What inference's load-time
+rewrites protect instead (a checkpoint's scales on the encoder's taps, the
+pixel decoder's BatchNorms, the query stream, attention, FFN and color
+embedding layers, or the head's mixing) is measured: ``half_range_units``
+runs the model once with fp16's half ops computed in FP32 and names each unit
+(a ConvNeXt block, U-Net block, color-decoder layer or MLP, a lone layer, the
+head) in which a weight or activation would leave fp16's range, less a
+margin; ``compute_in_fp32`` runs those units with autocast off, as inference
+keeps in FP32 what half cannot hold. The trainer measures on the first fp16
+batch and again after any fp16 forward that overflows. Units are whole so
+that a BatchNorm, which hands back its input's dtype, gets FP32 input.
 
 ``published_state_dict`` turns the model back into the published layout,
 adapters merged into their weights, and ``save_checkpoint`` writes it.
@@ -36,19 +44,33 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from types import MethodType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.overrides import TorchFunctionMode
 
 from ..checkpoint import IGNORED_KEYS, config_from_state_dict, load_strictly, network_tensors, spectral_sigma
-from ..layers import Linear, MultiheadAttention, autocast_off
+from ..convnext import Block
+from ..decoder import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer, UnetBlockWide
+from ..layers import BatchNorm2d, Linear, MultiheadAttention, autocast_off
 from ..model import DDColor, DDColorConfig
 from .config import TRAIN_CHOICES
 
 # torch.nn.utils.spectral_norm's defaults, which the original uses.
 SPECTRAL_EPS = 1e-12
+# A unit computes in FP32 under fp16 autocast once one of its half tensors passes
+# this: fp16's largest value over 8, a margin for other batches and for weights
+# that grow as they train (an overflow later is measured again).
+HALF_RANGE_LIMIT = torch.finfo(torch.float16).max / 8
+# What computes in FP32 as one piece when one of its tensors leaves fp16's range.
+FP32_UNITS = (Block, UnetBlockWide, CrossAttentionLayer, SelfAttentionLayer, FFNLayer, MLP)
+# The functions and Tensor methods (``a @ b`` is ``matmul``) that autocast runs in half, by name.
+HALF_FUNCTIONS = {"conv2d", "linear", "matmul", "__matmul__", "mm", "bmm", "addmm", "baddbmm"}
+# The name ``half_range_units`` gives the fused head (``DDColor.head``, not a module).
+HEAD = "head"
 
 
 class TrainableDDColor(DDColor):
@@ -67,16 +89,19 @@ class TrainableDDColor(DDColor):
             conv.weight = weight.detach()  # a plain attribute, set from weight_orig at each forward
         # Tensors of the source checkpoint the network does not use, saved back as they came.
         self.passthrough: dict[str, Tensor] = {}
+        self.fp32_units: list[str] = []  # see compute_in_fp32
 
     def forward(self, x: Tensor) -> Tensor:
         self.normalize_spectral_weights()
         try:
             return super().forward(x)
         finally:
-            # Autograd holds what it needs; detached, the model can be copied between steps.
+            # Autograd holds what it needs; detached, the model can be copied between steps. Still
+            # requiring grad where it did, so that a checkpointed block recomputed in the backward
+            # pass saves what the forward saved (its gradient flows through the forward's graph).
             for name in self.spectral:
                 conv = self.get_submodule(name)
-                conv.weight = conv.weight.detach()
+                conv.weight = conv.weight.detach().requires_grad_(conv.weight.requires_grad)
 
     def normalize_spectral_weights(self) -> None:
         """Set each spectral-norm conv's weight; one power iteration first if it trains."""
@@ -138,6 +163,95 @@ def lora_targets(model: DDColor) -> list[tuple[nn.Module, str]]:
     return targets
 
 
+# ----------------------------------------------------------------------------- fp16's range
+
+
+class _HalfOpPeaks(TorchFunctionMode):
+    """Runs the calls autocast would put in half in FP32 instead, and gives each one's largest
+    |value| (inputs, weights and output) to ``record``; calls with autocast off (pinned) run as they are."""
+
+    def __init__(self, device_type: str, record):
+        super().__init__()
+        self.device_type, self.record = device_type, record
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) not in HALF_FUNCTIONS or not torch.is_autocast_enabled(self.device_type):
+            return func(*args, **kwargs)
+        with torch.autocast(self.device_type, enabled=False):
+            out = func(*args, **kwargs)
+        tensors = [t for t in (*args, *kwargs.values(), out) if isinstance(t, Tensor) and t.is_floating_point()]
+        self.record(max(float(t.detach().abs().amax()) for t in tensors))
+        return out
+
+
+@torch.no_grad()
+def half_range_units(model: DDColor, gray: Tensor, limit: float = HALF_RANGE_LIMIT) -> list[str]:
+    """The units (see ``FP32_UNITS``; ``HEAD`` for the fused head) in which fp16 autocast would
+    hold a tensor beyond ``limit`` when ``model`` colors ``gray``.
+
+    One forward without gradients in eval mode (no power iteration: nothing
+    changes), under fp16 autocast, with the half computations run in FP32 and
+    measured: their inputs, weights and outputs, and the outputs of
+    BatchNorms (which hand back the half dtype of the conv before them). Units
+    already computing in FP32 (``compute_in_fp32``) measure nothing.
+    """
+    modules = dict(model.named_modules())
+    names = {id(module): name for name, module in modules.items()}
+    stack: list[nn.Module] = [model]
+    found: set[str] = set()
+
+    def unit() -> str:
+        inner = next((m for m in reversed(stack) if isinstance(m, FP32_UNITS)), stack[-1])
+        return HEAD if inner is model else names[id(inner)]
+
+    def record(peak: float) -> None:
+        if not peak <= limit:  # NaN too
+            found.add(unit())
+
+    def batchnorm_output(module, args, out) -> None:
+        if torch.is_autocast_enabled(gray.device.type):
+            record(float(out.abs().amax()))
+
+    def leave(module, args, out) -> None:
+        stack.pop()
+
+    hooks = [m.register_forward_pre_hook(lambda m, args: stack.append(m)) for m in modules.values() if m is not model]
+    hooks += [m.register_forward_hook(leave) for m in modules.values() if m is not model]
+    hooks += [m.register_forward_hook(batchnorm_output) for m in modules.values() if isinstance(m, BatchNorm2d)]
+    modes = {m: m.training for m in modules.values()}
+    model.eval()
+    try:
+        with torch.autocast(gray.device.type, dtype=torch.float16), _HalfOpPeaks(gray.device.type, record):
+            model(gray)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        for hook in hooks:
+            hook.remove()
+    return sorted(found)
+
+
+def compute_in_fp32(model: DDColor, units: list[str]) -> None:
+    """Run ``units`` (names from ``half_range_units``) with autocast off from now on; kept in ``model.fp32_units``."""
+    for name in units:
+        if name in model.fp32_units:
+            continue
+        owner, method = (model, "head") if name == HEAD else (model.get_submodule(name), "forward")
+        # Bound to the instance, so a deepcopy of the model binds its own copy.
+        setattr(owner, method, MethodType(_without_autocast(method), owner))
+        model.fp32_units.append(name)
+
+
+def _without_autocast(method: str):
+    def run(self, *args, **kwargs):
+        device = next(a.device for a in args if isinstance(a, Tensor))
+        with autocast_off(device):
+            return getattr(type(self), method)(self, *args, **kwargs)
+
+    return run
+
+
 def trainable_model(
     state: dict[str, Tensor],
     *,
@@ -149,15 +263,18 @@ def trainable_model(
     """A FP32 model in train mode built from ``state`` (the published layout,
     e.g. ``checkpoint.read_state_dict``), on the CPU; see the module docstring.
 
-    ``state``'s tensors are copied, never changed. ``train="lora"`` draws the
-    adapters' initial values from torch's global generator.
+    The model takes ``state``'s FP32 tensors as its own, without a copy (as
+    ``checkpoint.model_from_state_dict`` does), so that loading never holds
+    the weights twice; training changes them in place: pass copies to keep
+    ``state``. ``train="lora"`` draws the adapters' initial values from
+    torch's global generator.
     """
     if train not in TRAIN_CHOICES:
         raise ValueError(f"train must be one of {', '.join(TRAIN_CHOICES)}; got {train!r}")
     if train == "lora" and rank < 1:
         raise ValueError(f"the LoRA rank must be a positive integer; got {rank}")
-    passthrough = {k.removeprefix("module."): v.clone() for k, v in state.items() if k.removeprefix("module.") in IGNORED_KEYS}
-    state = {k: v.detach().clone() for k, v in network_tensors(state).items()}
+    passthrough = {k.removeprefix("module."): v for k, v in state.items() if k.removeprefix("module.") in IGNORED_KEYS}
+    state = network_tensors(state)
     config = config_from_state_dict(state, source)
     spectral = sorted(k[: -len(".weight_orig")] for k in state if k.endswith(".weight_orig"))
     with torch.device("meta"):

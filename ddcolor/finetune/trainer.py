@@ -11,7 +11,10 @@ loss is scaled in fp16 on every device (fp16 gradients underflow wherever they
 are computed; on a CPU fp16 is emulated and slow, but it behaves the same); a
 step whose gradients overflow is skipped and the scale lowered. bf16 and fp32
 need no scaling; a step whose gradients are not finite is skipped there too.
-Every skipped step is counted in the log.
+Every skipped step is counted in the log. In fp16, the units whose tensors
+would leave fp16's range compute in FP32 (``trainable.half_range_units``):
+measured on the first batch, and again when a forward's loss is not finite,
+after which that step is run again.
 
 BatchNorm keeps the start model's statistics (its affine weights train): with
 the few images per step that fit a card, batch statistics are noise, and they
@@ -227,6 +230,7 @@ class FinetuneRun:
         )
         self.trainer = Trainer(model.to(self.device), self.losses.to(self.device), config, self.precision, self.device, self.dist)
         start = 0 if snapshot is None else self._restore(snapshot)
+        self.snapshot = snapshot = None  # restored: its copy of the weights and optimizer state can go
         if start:
             say(f"resumed at step {start} of {config.steps} from {self.files.snapshot}")
         say(
@@ -382,12 +386,13 @@ class Trainer:
 
     def __init__(self, model: nn.Module, losses: PaperLosses, config: FinetuneConfig, precision: str,
                  device: torch.device, dist: Distributed):
-        self.module, self.losses, self.precision, self.device = model, losses, precision, device
+        self.module, self.losses, self.precision, self.device, self.dist = model, losses, precision, device, dist
         set_training(model)
         self.model = _data_parallel(model, device) if dist.active else model
         self.parameters = trainable.trainable_parameters(model)
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas)
         self.scaler = torch.amp.GradScaler(device.type, init_scale=config.initial_loss_scale, enabled=precision == "fp16")
+        self.half_range_measured = False  # fp16: see _keep_half_range
         self.discriminator = self.critic = None
         if config.gan:  # the authors' discriminator optimizer: Adam, no weight decay
             self.discriminator = Discriminator().to(device).train()
@@ -403,19 +408,36 @@ class Trainer:
 
     def step(self, batch: Batch) -> tuple[dict[str, Tensor], bool]:
         """One optimizer step; the loss terms (``loss`` their sum) and whether the step was skipped."""
+        if self.precision == "fp16" and not self.half_range_measured:
+            self._keep_half_range(batch.gray)
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            ab = self.model(batch.gray)
         if self.discriminator is not None:
             self.discriminator.requires_grad_(False)  # the generator's turn: D only judges
-        terms, rgb = self.losses(ab, batch.lightness, batch.rgb, batch.ab, self.discriminator)
-        total = sum(terms.values())
+        while True:
+            with self._autocast():
+                ab = self.model(batch.gray)
+            terms, rgb = self.losses(ab, batch.lightness, batch.rgb, batch.ab, self.discriminator)
+            total = sum(terms.values())
+            # Decided by all processes together: each runs the same forwards (DDP's are collective).
+            if self.precision != "fp16" or not self.dist.any(not bool(torch.isfinite(total))):
+                break
+            if not self.dist.any(self._keep_half_range(batch.gray)):
+                break
         self.scaler.scale(total).backward()
         stepped = self._apply(self.optimizer, self.parameters)
         if self.discriminator is not None:
             terms["d"] = self._discriminator_step(rgb.detach(), enhance_colors(batch.rgb))
         self.scaler.update()
         return {"loss": total.detach(), **{name: value.detach() for name, value in terms.items()}}, not stepped
+
+    def _keep_half_range(self, gray: Tensor) -> bool:
+        """Run in FP32 the units that would leave fp16's range on ``gray``; whether there were new ones."""
+        self.half_range_measured = True
+        new = [u for u in trainable.half_range_units(self.module, gray) if u not in self.module.fp32_units]
+        trainable.compute_in_fp32(self.module, new)
+        if new:
+            log.info("ddcolor: %d unit(s) would leave fp16's range, computed in fp32: %s", len(new), ", ".join(new))
+        return bool(new)
 
     def _apply(self, optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter]) -> bool:
         """Step ``optimizer`` unless its gradients are not finite; whether it stepped."""
@@ -452,6 +474,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "scheduler": None,  # the learning rate is constant
+            "fp32_units": list(self.module.fp32_units),
         }
         if self.discriminator is not None:
             state["discriminator"] = self.discriminator.state_dict()
@@ -466,6 +489,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
+        if "fp32_units" in state:  # as measured before the snapshot: the run continues the same
+            trainable.compute_in_fp32(self.module, state["fp32_units"])
+            self.half_range_measured = True
         if self.discriminator is not None:
             self.discriminator.load_state_dict(state["discriminator"])
             self.critic_optimizer.load_state_dict(state["discriminator_optimizer"])
