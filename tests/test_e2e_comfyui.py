@@ -813,7 +813,11 @@ def test_missing_node_warning_is_detected(comfy, browser, tmp_path):
     page = open_frontend(comfy, browser)
     try:
         drop_file(page, broken)
-        page.wait_for_function("() => document.querySelector('.p-dialog')", timeout=30_000)
+        # Another dialog may open first: wait for the one that names the node.
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.p-dialog')].some(d => d.innerText.includes('DDColorNodeThatDoesNotExist'))",
+            timeout=30_000,
+        )
         (dialog,) = missing_nodes_dialogs(page)
         assert "DDColorNodeThatDoesNotExist" in dialog
     finally:
