@@ -718,13 +718,34 @@ def open_frontend(comfy, browser, settings: dict | None = None):
     return page
 
 
-def drop_file(page, path: Path) -> None:
-    """A real file drop on the canvas: the frontend's own drop handler loads it."""
-    cdp = page.context.new_cdp_session(page)
+def drop_file(page, path: Path, arrived: str, arg=None, tries: int = 3) -> None:
+    """A real file drop on the canvas: the frontend's own drop handler loads it.
+
+    Dropped again while ``arrived`` (a JavaScript function of ``arg``) stays
+    false for 15 s: a drop soon after the page opens is now and then lost.
+    """
+    from playwright.sync_api import TimeoutError as PageTimeout
+
     data = {"items": [], "files": [str(path)], "dragOperationsMask": 1}
-    for kind in ("dragEnter", "dragOver", "drop"):
-        cdp.send("Input.dispatchDragEvent", {"type": kind, "x": 800, "y": 500, "data": data})
-    cdp.detach()
+    for attempt in range(tries):
+        cdp = page.context.new_cdp_session(page)
+        for kind in ("dragEnter", "dragOver", "drop"):
+            cdp.send("Input.dispatchDragEvent", {"type": kind, "x": 800, "y": 500, "data": data})
+        cdp.detach()
+        try:
+            page.wait_for_function(arrived, arg=arg, timeout=15_000)
+            return
+        except PageTimeout:
+            if attempt == tries - 1:
+                raise
+
+
+# A dropped workflow has arrived when each of its nodes is on the canvas with its type.
+WORKFLOW_SHOWN = "nodes => nodes.every(([id, type]) => app.graph.getNodeById(id)?.type === type)"
+
+
+def workflow_nodes(workflow: dict) -> list:
+    return [[n["id"], n["type"]] for n in workflow["nodes"]]
 
 
 def graph_nodes(page) -> dict:
@@ -756,7 +777,7 @@ def test_preset_opens_by_drag_and_drop_with_its_saved_values(comfy, browser, pre
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
-        drop_file(page, path)
+        drop_file(page, path, WORKFLOW_SHOWN, workflow_nodes(workflow))
         shown = wait_for_graph(page, {n["id"] for n in workflow["nodes"]})
         assert missing_nodes_dialogs(page) == []
         assert page.evaluate("types => types.filter(t => !(t in LiteGraph.registered_node_types))",
@@ -812,12 +833,8 @@ def test_missing_node_warning_is_detected(comfy, browser, tmp_path):
     broken.write_text(json.dumps(workflow))
     page = open_frontend(comfy, browser)
     try:
-        drop_file(page, broken)
         # Another dialog may open first: wait for the one that names the node.
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('.p-dialog')].some(d => d.innerText.includes('DDColorNodeThatDoesNotExist'))",
-            timeout=30_000,
-        )
+        drop_file(page, broken, "() => [...document.querySelectorAll('.p-dialog')].some(d => d.innerText.includes('DDColorNodeThatDoesNotExist'))")
         (dialog,) = missing_nodes_dialogs(page)
         assert "DDColorNodeThatDoesNotExist" in dialog
     finally:
@@ -855,7 +872,7 @@ def test_old_workflow_loads_with_the_defaults_of_newer_widgets(comfy, browser, t
     old.write_text(json.dumps(workflow))
     page = open_frontend(comfy, browser)
     try:
-        drop_file(page, old)
+        drop_file(page, old, WORKFLOW_SHOWN, workflow_nodes(workflow))
         shown = wait_for_graph(page, {n["id"] for n in workflow["nodes"]})
         assert missing_nodes_dialogs(page) == []
         defaults = ["fp32", 768, "ddcolor_modelscope", 0]
