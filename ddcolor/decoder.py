@@ -312,7 +312,9 @@ class Decoder(nn.Module):
     @property
     def compute_dtype(self) -> torch.dtype:
         """The dtype the pixel decoder computes in (that of its weights), which the encoder's taps are handed in."""
-        return self.layers[0].shuf.conv[0].weight.dtype
+        conv = self.layers[0].shuf.conv[0]
+        # weight_orig: fine-tuning's live spectral norm forms the weight only while the conv runs.
+        return getattr(conv, "weight_orig", conv.weight).dtype
 
     def pixel_features(self, taps: list[Tensor]) -> list[Tensor]:
         """Encoder taps (1/4 .. 1/32) -> pixel features at 1/16, 1/8, 1/4 scale."""

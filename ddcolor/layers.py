@@ -32,6 +32,9 @@ from torch import Tensor, nn
 # groups). Chunks are sized to stay under it so peak memory grows with the
 # image, not with the widest layer.
 CHUNK_ELEMENTS = 1 << 24
+# The same bound while autograd records (fine-tuning): the backward of a chunk
+# holds several chunk-sized tensors at once (recomputed output, its gradient, ReLU's).
+GRAD_CHUNK_ELEMENTS = 1 << 22
 # FP32 temporaries made in half precision (norm bands, attention logits) are
 # kept smaller still: they are what half precision would otherwise not save.
 NORM_CHUNK_ELEMENTS = 1 << 20

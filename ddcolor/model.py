@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .convnext import VARIANTS, Encoder
 from .decoder import Decoder
-from .layers import CHUNK_ELEMENTS, Conv2d, autocast_off, blur_upsampled, checkpointed, unit_scale
+from .layers import CHUNK_ELEMENTS, GRAD_CHUNK_ELEMENTS, Conv2d, autocast_off, blur_upsampled, checkpointed, unit_scale
 from .precision import full_precision, precision_plan
 
 log = logging.getLogger("ddcolor")
@@ -154,7 +154,8 @@ class DDColor(nn.Module):
         conv_weight = conv.weight.view(channels, groups, -1).transpose(0, 1)
         conv_bias = conv.bias.view(channels, groups).transpose(0, 1)
         batch, _, height, width = features.shape
-        step = max(1, CHUNK_ELEMENTS // (batch * channels * height * width))
+        chunk = GRAD_CHUNK_ELEMENTS if torch.is_grad_enabled() else CHUNK_ELEMENTS
+        step = max(1, chunk // (batch * channels * height * width))
         features = features.to(conv.weight.dtype)
         sub_pixels = torch.empty(batch, 2, groups, height, width, dtype=torch.float32, device=features.device)
         for g in range(0, groups, step):

@@ -5,10 +5,12 @@ layout the way the original trains it:
 
 * spectral norm is live: each spectral-norm conv keeps ``weight_orig``,
   ``weight_u`` and ``weight_v`` (the published keys) and its weight is
-  ``weight_orig / (u . W v)``, recomputed at every forward after one power
-  iteration in train mode, as ``torch.nn.utils.spectral_norm`` does. It is
-  computed for all of them when the model's forward starts, because the fused
-  head reads two of those weights without calling their convs;
+  ``weight_orig / (u . W v)``, after one power iteration per forward in train
+  mode, as ``torch.nn.utils.spectral_norm`` does. The weight is formed when
+  its conv runs (again when a checkpointed block is recomputed) and dropped
+  after, so the model never holds a second copy of those weights between
+  uses; the fused head, which reads two of them without calling their convs,
+  forms those two itself;
 * what trains is chosen by ``train``: ``all``; ``decoder`` (the encoder is
   frozen); ``lora`` (low-rank adapters on the encoder MLPs and the color
   decoder's linear layers, everything else frozen). A frozen layer's stored
@@ -86,33 +88,35 @@ class TrainableDDColor(DDColor):
             conv.weight_orig = nn.Parameter(weight.detach())
             conv.register_buffer("weight_u", weight.new_empty(weight.shape[0]))
             conv.register_buffer("weight_v", weight.new_empty(weight[0].numel()))
-            conv.weight = weight.detach()  # a plain attribute, set from weight_orig at each forward
+            conv.weight = None  # a plain attribute while the conv runs: see form_spectral_weight
+            conv.register_forward_pre_hook(lambda conv, args: form_spectral_weight(conv))
+            conv.register_forward_hook(lambda conv, args, out: setattr(conv, "weight", None))
         # Tensors of the source checkpoint the network does not use, saved back as they came.
         self.passthrough: dict[str, Tensor] = {}
         self.fp32_units: list[str] = []  # see compute_in_fp32
 
     def forward(self, x: Tensor) -> Tensor:
-        self.normalize_spectral_weights()
-        try:
-            return super().forward(x)
-        finally:
-            # Autograd holds what it needs; detached, the model can be copied between steps. Still
-            # requiring grad where it did, so that a checkpointed block recomputed in the backward
-            # pass saves what the forward saved (its gradient flows through the forward's graph).
-            for name in self.spectral:
-                conv = self.get_submodule(name)
-                conv.weight = conv.weight.detach().requires_grad_(conv.weight.requires_grad)
+        self.iterate_spectral_norms()
+        return super().forward(x)
 
-    def normalize_spectral_weights(self) -> None:
-        """Set each spectral-norm conv's weight; one power iteration first if it trains."""
+    def head(self, color_embed: Tensor, features: Tensor, x: Tensor) -> Tensor:
+        convs = (self.refine_net[0][0], self.decoder.last_shuf.conv[0])
+        for conv in convs:
+            form_spectral_weight(conv)
+        try:
+            return super().head(color_embed, features, x)
+        finally:
+            for conv in convs:
+                conv.weight = None
+
+    def iterate_spectral_norms(self) -> None:
+        """One power iteration for each spectral-norm conv that trains; the forward's ``u`` and ``v``."""
         for name in self.spectral:
             conv = self.get_submodule(name)
-            with autocast_off(conv.weight_orig.device):
-                if conv.training:
-                    _power_iteration(conv.weight_orig.detach().flatten(1), conv.weight_u, conv.weight_v)
-                # Clones: the next iteration updates the buffers in place, and autograd keeps these.
-                u, v = conv.weight_u.clone(), conv.weight_v.clone()
-                conv.weight = conv.weight_orig / spectral_sigma(conv.weight_orig, u, v)
+            if conv.training:
+                _power_iteration(conv.weight_orig.detach().flatten(1), conv.weight_u, conv.weight_v)
+            # Copies: the next iteration updates the buffers in place, and autograd keeps these.
+            conv.sigma_vectors = (conv.weight_u.clone(), conv.weight_v.clone())
 
     def train(self, mode: bool = True) -> TrainableDDColor:
         super().train(mode)
@@ -121,6 +125,13 @@ class TrainableDDColor(DDColor):
             if stateful and not any(p.requires_grad for p in module.parameters()):
                 module.eval()
         return self
+
+
+def form_spectral_weight(conv: nn.Module) -> None:
+    """Set ``conv.weight`` to ``weight_orig / (u . W v)`` with this forward's ``u`` and ``v``: the
+    same values each time within a forward, so a recomputed block saves what the forward saved."""
+    with autocast_off(conv.weight_orig.device):
+        conv.weight = conv.weight_orig / spectral_sigma(conv.weight_orig, *conv.sigma_vectors)
 
 
 @torch.no_grad()
@@ -282,7 +293,7 @@ def trainable_model(
     load_strictly(model, state, source)
     model.passthrough = passthrough
     with torch.no_grad():
-        model.eval().normalize_spectral_weights()
+        model.eval().iterate_spectral_norms()
 
     model.requires_grad_(train != "lora")
     model.encoder.arch.norm.requires_grad_(False)  # the classifier-side norm: loaded, never run
@@ -290,7 +301,9 @@ def trainable_model(
         model.encoder.requires_grad_(False)
     elif train == "lora":
         for module, name in lora_targets(model):
-            parametrize.register_parametrization(module, name, LowRankDelta(getattr(module, name), rank))
+            # unsafe: skip the check that forms every adapted weight once (a weight-sized temporary
+            # each, kept by the allocator); LowRankDelta keeps the weight's shape and dtype by construction.
+            parametrize.register_parametrization(module, name, LowRankDelta(getattr(module, name), rank), unsafe=True)
     for module in model.modules():
         if hasattr(type(module), "gradient_checkpointing"):
             module.gradient_checkpointing = checkpointing
