@@ -280,8 +280,12 @@ def training_precision(requested: str, device: torch.device | str) -> str:
         # bf16 was faster in every interleaved pair (benchmarks/RESULTS.md, "Fine-tuning on a CPU");
         # AVX-512 bf16 without AMX is not measured. Without such units bf16 is emulated and slower.
         return "bf16" if device.type == "cpu" and cpu_bf16_units() else "fp32"
-    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; choose fp16 or fp32")
+    if requested == "bf16" and device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; choose fp16 or fp32")
+        if not cuda_native_bf16(device):  # is_bf16_supported() counts emulation (NVIDIA before Ampere)
+            log.warning("ddcolor: this GPU (%s) has no native bf16 units; bf16 training is emulated and slow: "
+                        "choose auto (fp16 with loss scaling) or fp32", torch.cuda.get_device_name(device))
     if device.type == "cpu" and requested == "fp16":
         # PyTorch has no fast fp16 convolution backward on CPUs.
         log.warning("ddcolor: fp16 training on a CPU is very slow; choose auto, bf16 or fp32")

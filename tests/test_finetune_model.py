@@ -397,6 +397,18 @@ def test_training_precision_auto_follows_the_device(monkeypatch, caplog):
         training_precision("mixed", "cpu")
 
 
+def test_explicit_bf16_training_on_a_gpu_that_emulates_it_warns(monkeypatch, caplog):
+    # torch.cuda.is_bf16_supported() says yes on NVIDIA GPUs before Ampere, which only emulate bf16.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    for native in (True, False):
+        monkeypatch.setattr(ddcolor.precision, "cuda_native_bf16", lambda device=None, native=native: native)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ddcolor"):
+            assert training_precision("bf16", "cuda") == "bf16"
+        assert ("Tesla T4" in caplog.text and "emulated" in caplog.text) is not native
+
+
 def test_autocast_runs_half_only_when_asked():
     a, b = torch.randn(8, 8), torch.randn(8, 8)
     for precision, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32)):
