@@ -16,9 +16,12 @@ included) is that configuration's alone. A row trains the calibrated
 checkpoint (``tests/support.py``) on random smooth color crops at ``--size``
 (256, as the published models were trained), batch ``--batch`` (2): one
 warm-up step (the optimizer's state is made there), then ``--steps`` timed
-steps, their median reported. The perceptual loss is off in every row: its
-VGG16-bn ImageNet weights cannot be downloaded offline; with them each step
-also runs VGG16-bn forward and backward (more time and memory). The goal: the
+steps, their median reported. The perceptual loss is off unless
+``--perceptual`` (the default of ``python -m ddcolor finetune``): each step
+then also runs VGG16-bn forward and backward, with torchvision's ImageNet
+weights when torch's cache has them, else with untrained layers of the same
+shapes (they cannot be downloaded offline; time and memory do not depend on
+the values). The goal: the
 leanest configuration's peak RSS at most half that of fp32 full fine-tuning;
 the ratio is printed per variant.
 
@@ -62,14 +65,16 @@ def color_crops(batch: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 def measure_training(checkpoint: Path, *, device: str, precision: str, train: str, checkpointing: bool,
-                     shapes: list[tuple[int, int]], steps: int, warmups: int = 1, on_row=None) -> list[dict]:
+                     shapes: list[tuple[int, int]], steps: int, warmups: int = 1, perceptual: bool = False,
+                     on_row=None) -> list[dict]:
     """Train ``checkpoint`` for ``warmups`` + ``steps`` steps at each (size, batch) of ``shapes``, in order.
 
     One model and optimizer for all shapes (the optimizer's state is part of
     every step's memory). A row: median seconds per timed step, steps skipped
     (non-finite gradients), trained parameters, and on CUDA the peaks of
     ``max_memory_allocated`` and ``max_memory_reserved`` over the row's steps.
-    Out of memory is a row's ``error``, not an exception.
+    Out of memory is a row's ``error``, not an exception. ``perceptual``: with
+    the perceptual loss, see ``perceptual_loss``.
     """
     from ddcolor.checkpoint import read_state_dict
     from ddcolor.finetune.config import FinetuneConfig
@@ -86,11 +91,14 @@ def measure_training(checkpoint: Path, *, device: str, precision: str, train: st
     model = trainable_model(read_state_dict(checkpoint), train=train, rank=config.rank, checkpointing=checkpointing)
     trained = sum(p.numel() for p in trainable_parameters(model))
     losses = PaperLosses(perceptual=False, gan=False, autocast=lambda: autocast(precision, device_))
+    vgg = "off"
+    if perceptual:
+        losses.per, vgg = perceptual_loss(precision, device_, checkpointing)
     trainer = Trainer(model.to(device_), losses.to(device_), config, precision, device_, Distributed())
     rows = []
     for size, batch in shapes:
         row = {"precision": precision, "train": train, "checkpointing": checkpointing, "size": size, "batch": batch,
-               "trained_parameters": trained}
+               "trained_parameters": trained, "perceptual": vgg}
         try:
             rows.append({**row, **_timed_steps(trainer, Batch.from_rgb(color_crops(batch, size), device_), device_, steps, warmups)})
         except Exception as error:  # noqa: BLE001 - out of memory is a measurement
@@ -102,6 +110,19 @@ def measure_training(checkpoint: Path, *, device: str, precision: str, train: st
         if on_row is not None:
             on_row(rows[-1])
     return rows
+
+
+def perceptual_loss(precision: str, device: torch.device, checkpointing: bool):
+    """The perceptual loss with torchvision's VGG16-bn weights when torch's cache has them, else with
+    untrained VGG16-bn layers of the same shapes (a step's time and memory do not depend on the values);
+    and which of the two ("imagenet" or "stand-in")."""
+    from ddcolor.finetune.losses import PerceptualLoss, load_vgg16_bn_features, perceptual_vgg, vgg16_bn_weights_path
+    from ddcolor.precision import autocast
+
+    imagenet = vgg16_bn_weights_path().is_file()
+    features = load_vgg16_bn_features() if imagenet else perceptual_vgg()
+    loss = PerceptualLoss(features, autocast=lambda: autocast(precision, device), checkpointing=checkpointing)
+    return loss.to(device), "imagenet" if imagenet else "stand-in"
 
 
 def _timed_steps(trainer, batch, device: torch.device, steps: int, warmups: int) -> dict:
@@ -135,14 +156,16 @@ def _is_out_of_memory(error: Exception) -> bool:
 # ----------------------------------------------------------------------- rows in fresh processes
 
 
-def run_row(variant: str, precision: str, train: str, checkpointing: str, size: int, batch: int, steps: int) -> dict:
+def run_row(variant: str, precision: str, train: str, checkpointing: str, size: int, batch: int, steps: int,
+            perceptual: bool = False) -> dict:
     """One row in this process (``--row``); its peak RSS is this process's."""
     from tests.support import calibrated_checkpoint
 
     torch.manual_seed(0)  # LoRA's adapters start from torch's generator
     rss_before = _peak_rss()
     (row,) = measure_training(calibrated_checkpoint(variant), device="cpu", precision=precision, train=train,
-                              checkpointing=CHECKPOINTING[checkpointing], shapes=[(size, batch)], steps=steps)
+                              checkpointing=CHECKPOINTING[checkpointing], shapes=[(size, batch)], steps=steps,
+                              perceptual=perceptual)
     return {"variant": variant, **row, "checkpointing": checkpointing, "peak_rss_bytes": _peak_rss(),
             "rss_before_model_bytes": rss_before}
 
@@ -154,6 +177,7 @@ def _peak_rss() -> int:
 def fresh_process_row(args, variant: str, precision: str, train: str, checkpointing: str) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--row", variant, precision, train, checkpointing,
                "--size", str(args.size), "--batch", str(args.batch), "--steps", str(args.steps)]
+    command += ["--perceptual"] if args.perceptual else []
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("ROW ")]
@@ -232,17 +256,21 @@ def main(argv=None) -> None:
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS, help="limit the grid")
     parser.add_argument("--trains", nargs="+", default=list(TRAINS), choices=TRAINS, help="limit the grid")
     parser.add_argument("--row", nargs=4, metavar=("VARIANT", "PRECISION", "TRAIN", "CHECKPOINTING"), help=argparse.SUPPRESS)
+    parser.add_argument("--perceptual", action="store_true",
+                        help="with the perceptual loss (VGG16-bn; untrained layers of the same shapes when torch's cache "
+                             "lacks the ImageNet weights: time and memory do not depend on the values)")
     parser.add_argument("--markdown", type=Path, help="append the table to this file")
     parser.add_argument("--json", type=Path, help="write the rows to this file")
     args = parser.parse_args(argv)
 
     if args.row:
-        print("ROW " + json.dumps(run_row(*args.row, size=args.size, batch=args.batch, steps=args.steps)), flush=True)
+        print("ROW " + json.dumps(run_row(*args.row, size=args.size, batch=args.batch, steps=args.steps,
+                                          perceptual=args.perceptual)), flush=True)
         return
     command = "python benchmarks/bench_finetune.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"Machine: {machine('cpu')}", flush=True)
     print(f"DDColor fine-tuning at {args.size}, batch {args.batch}, {args.steps} timed step(s) after 1 warm-up, "
-          "perceptual loss off, each row a fresh process", flush=True)
+          f"perceptual loss {'on' if args.perceptual else 'off'}, each row a fresh process", flush=True)
     rows = []
     for variant, precision, train, checkpointing in grid(args):
         if precision not in args.precisions or train not in args.trains:
@@ -257,8 +285,9 @@ def main(argv=None) -> None:
         f"Machine: {machine('cpu')}. Command: `{command.strip()}`.",
         f"At {args.size}, batch {args.batch}; s/step: median of {args.steps} step(s) after one warm-up; peak RSS: the "
         "row's own process (Python, torch and the checkpoint's loading included); above import: that peak less the "
-        "process's RSS before it read the model (Python and torch's libraries); perceptual loss off (VGG16-bn weights "
-        "unavailable offline).",
+        "process's RSS before it read the model (Python and torch's libraries); perceptual loss: "
+        + (f"on, VGG16-bn with {', '.join(sorted({r['perceptual'] for r in rows if 'perceptual' in r}))} weights."
+           if args.perceptual else "off."),
         "",
         *table(rows),
         "",

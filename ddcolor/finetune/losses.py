@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..color import lab_to_rgb
+from ..layers import checkpointed
 
 PIXEL_WEIGHT = 0.1
 PERCEPTUAL_WEIGHT = 5.0
@@ -106,6 +107,11 @@ def vgg16_bn_features(depth: int) -> nn.Sequential:
     return nn.Sequential(*layers[:depth])
 
 
+def perceptual_vgg() -> nn.Sequential:
+    """The VGG16-bn layers the perceptual loss runs (up to its deepest tap), untrained and frozen."""
+    return vgg16_bn_features(max(vgg_layer_indices().values()) + 1).eval().requires_grad_(False)
+
+
 def vgg_layer_indices() -> dict[str, int]:
     """Where each ``convB_1`` of ``PERCEPTUAL_LAYERS`` sits in ``features``."""
     indices, index, block, first = {}, 0, 1, True
@@ -137,8 +143,7 @@ def load_vgg16_bn_features(path: Path | None = None) -> nn.Sequential:
             f"Download {VGG16_BN_URL} and save it there (or set TORCH_HOME to the folder that holds hub/checkpoints/), "
             "or train without it: --no-perceptual"
         )
-    depth = max(vgg_layer_indices().values()) + 1
-    features = vgg16_bn_features(depth)
+    features = perceptual_vgg()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
@@ -148,39 +153,84 @@ def load_vgg16_bn_features(path: Path | None = None) -> nn.Sequential:
     if missing:
         raise PerceptualWeightsMissing(f"{path} is not torchvision's vgg16_bn: it lacks features.{missing[0]}; download {VGG16_BN_URL} again")
     features.load_state_dict({key: tensor.clone() for key, tensor in wanted.items()})
-    return features.eval().requires_grad_(False)
+    return features
 
 
 class PerceptualLoss(nn.Module):
-    """L_per: weighted L1 between VGG16-bn features of the prediction and of the (enhanced) truth."""
+    """L_per: weighted L1 between VGG16-bn features of the prediction and of the (enhanced) truth.
 
-    def __init__(self, features: nn.Sequential, weight: float = PERCEPTUAL_WEIGHT, autocast: Autocast = contextlib.nullcontext):
+    The prediction runs through VGG one layer at a time (a conv with its
+    BatchNorm, ReLU and the pool after it), and each tap's term is taken in the
+    layer that makes it; with ``checkpointing`` a layer and its term are
+    recomputed in the backward pass instead of kept, as the model's blocks are:
+    VGG's first layers at full resolution make the largest activations of a
+    step. Taps stay in the autocast dtype until their term (an exact widening),
+    so the truth's taps take half the memory under autocast.
+    """
+
+    def __init__(self, features: nn.Sequential, weight: float = PERCEPTUAL_WEIGHT, autocast: Autocast = contextlib.nullcontext,
+                 checkpointing: bool = False):
         super().__init__()
         self.weight = weight
         self.features = features
-        self.taps = {index: PERCEPTUAL_LAYERS[name] for name, index in vgg_layer_indices().items()}
+        self.taps = {index: PERCEPTUAL_LAYERS[name] for name, index in vgg_layer_indices().items()}  # in depth order
         self.autocast = autocast
+        self.checkpointing = checkpointing
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def train(self, mode: bool = True) -> "PerceptualLoss":
         return super().train(False)  # frozen ImageNet statistics, whatever the trainer asks
 
+    def layers(self) -> list[tuple[nn.Sequential, bool]]:
+        """VGG split before each conv: (the conv and what follows it up to the next conv, whether the conv is a tap)."""
+        starts = [i for i, module in enumerate(self.features) if isinstance(module, nn.Conv2d)]
+        return [(self.features[start:end], start in self.taps) for start, end in zip(starts, starts[1:] + [len(self.features)])]
+
     def tapped(self, rgb: Tensor) -> list[Tensor]:
         x = (rgb - self.mean) / self.std
         taps = []
         with self.autocast():
-            for index, layer in enumerate(self.features):
-                x = layer(x)
-                if index in self.taps:
-                    taps.append(x.float())
+            for layer, is_tap in self.layers():
+                x = layer[0](x)
+                taps += [x] if is_tap else []
+                x = layer[1:](x)
         return taps
 
     def forward(self, rgb: Tensor, rgb_true: Tensor) -> Tensor:
         with torch.no_grad():
-            targets = self.tapped(rgb_true)
-        total = sum(w * F.l1_loss(x, t) for w, x, t in zip(self.taps.values(), self.tapped(rgb), targets))
+            targets = iter(self.tapped(rgb_true))
+        x = (rgb - self.mean) / self.std
+        weights = iter(self.taps.values())
+        total = 0
+        for layer, is_tap in self.layers():
+            if is_tap:
+                x, term = checkpointed(self._tapped_layer, layer, x, next(targets), enabled=self.checkpointing)
+                total = total + next(weights) * term
+            else:
+                x = checkpointed(self._layer, layer, x, enabled=self.checkpointing)
         return self.weight * total
+
+    def _layer(self, layer: nn.Sequential, x: Tensor) -> Tensor:
+        with self.autocast():
+            return layer(x)
+
+    def _tapped_layer(self, layer: nn.Sequential, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        with self.autocast():
+            tap = layer[0](x)
+            x = layer[1:](tap)
+        return x, tap_distance(tap, target)
+
+
+def tap_distance(tap: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute difference of two feature maps, accumulated in FP32.
+
+    The difference is formed in the taps' dtype: its sign, all the gradient
+    reads, is exact in any float format, and FP32 copies of VGG's first
+    full-resolution maps would be a step's largest tensors. The value is off
+    by at most half a unit of the last place of each element (bf16: 0.2%).
+    """
+    return torch.mean((tap - target).abs(), dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------- adversarial
@@ -273,10 +323,11 @@ class PaperLosses(nn.Module):
     """The generator's loss terms for one batch, by the paper's names: pix, per, col, adv."""
 
     def __init__(self, *, perceptual: bool, gan: bool, autocast: Autocast = contextlib.nullcontext,
-                 vgg_weights: Path | None = None):
+                 vgg_weights: Path | None = None, checkpointing: bool = False):
         super().__init__()
         self.pix = PixelLoss()
-        self.per = PerceptualLoss(load_vgg16_bn_features(vgg_weights), autocast=autocast) if perceptual else None
+        self.per = (PerceptualLoss(load_vgg16_bn_features(vgg_weights), autocast=autocast, checkpointing=checkpointing)
+                    if perceptual else None)
         self.col = ColorfulnessLoss()
         self.adv = AdversarialLoss() if gan else None
         self.autocast = autocast

@@ -168,7 +168,8 @@ class FinetuneRun:
         except ValueError as e:
             raise FinetuneError(f"--precision {config.precision}: {e}") from None
         try:
-            self.losses = PaperLosses(perceptual=config.perceptual, gan=config.gan, autocast=self._autocast)
+            self.losses = PaperLosses(perceptual=config.perceptual, gan=config.gan, autocast=self._autocast,
+                                      checkpointing=config.checkpointing)
         except PerceptualWeightsMissing as e:
             raise FinetuneError(str(e)) from None
         photos, skipped = prepare(train_photos, config.size)
