@@ -21,8 +21,10 @@ Phases, by default in this order (``--phases`` takes any order; the budget cuts 
   finite, mean / max |ab - ab_fp32| and the colorfulness change, each against
   its own implementation's fp32; plus ours against the original in fp32.
 * training: fine-tuning steps (``benchmarks/bench_finetune.measure_training``:
-  the paper's losses without the perceptual term, whose VGG16-bn weights are
-  not on an offline host) for each variant, precision (fp16 with loss
+  the paper's losses, the perceptual term with VGG16-bn's ImageNet weights
+  where torch's cache has them, else untrained layers of the same shapes, as
+  memory and time do not depend on the values; ``--no-train-perceptual``
+  leaves it out) for each variant, precision (fp16 with loss
   scaling, bf16, fp32), what is trained (all, decoder, lora) and gradient
   checkpointing, at each size and batch: median seconds per step and peak
   ``max_memory_allocated`` (and reserved) over the steps after a warm-up.
@@ -400,8 +402,14 @@ def run_training(args, inputs: Inputs, budget: Budget, report: dict) -> None:
 
                         measure_training(path, device=args.device, precision=precision, train=train,
                                          checkpointing=CHECKPOINTING[checkpointing], shapes=shapes,
-                                         steps=args.train_steps, on_row=show)
+                                         steps=args.train_steps, perceptual=args.train_perceptual, on_row=show)
                     release(args.device)
+
+
+def perceptual_words(rows: list[dict]) -> str:
+    """How the rows ran the perceptual loss: off, or on with which VGG16-bn weights."""
+    kinds = sorted({r["perceptual"] for r in rows if r.get("perceptual", "off") != "off"})
+    return f"on, VGG16-bn {' and '.join(kinds)} weights" if kinds else "off"
 
 
 def training_goal(rows: list[dict]) -> str | None:
@@ -549,7 +557,7 @@ def markdown(report: dict) -> str:
         lines.append("")
     if report["training"]:
         lines += [
-            f"## Fine-tuning steps (perceptual loss off; median of {s['train_steps']} after a warm-up)",
+            f"## Fine-tuning steps (perceptual loss {perceptual_words(report['training'])}; median of {s['train_steps']} after a warm-up)",
             "",
             "| variant | precision | train | checkpointing | size | batch | s/step | peak allocated | peak reserved | skipped |",
             "|---|---|---|---|---|---|---|---|---|---|",
@@ -618,6 +626,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trains", nargs="+", choices=TRAINS, help="what is trained (default all decoder lora)")
     parser.add_argument("--checkpointing", nargs="+", choices=tuple(CHECKPOINTING), help="gradient checkpointing (default off on)")
     parser.add_argument("--train-steps", type=int, help="timed training steps after one warm-up (default 3)")
+    parser.add_argument("--no-train-perceptual", dest="train_perceptual", action="store_false",
+                        help="train without the perceptual loss (by default it is on, as in python -m ddcolor finetune)")
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {
@@ -682,6 +692,7 @@ def main(argv=None) -> dict:
             "train_sizes": args.train_sizes,
             "train_batches": args.train_batches,
             "train_steps": args.train_steps,
+            "train_perceptual": args.train_perceptual,
         },
         "inputs": inputs.description,
         "checkpoints": [],

@@ -69,7 +69,8 @@ def test_quick_run_on_a_cpu_writes_a_complete_report(tmp_path, monkeypatch):
         assert (row["variant"], row["size"], row["batch"], row["steps"]) == ("tiny", 64, 2, 1), key
         assert is_number(row["seconds_per_step"]) and row["seconds_per_step"] > 0 and is_number(row["last_loss"]), key
         assert row["trained_parameters"] > 0 and "peak_allocated_bytes" not in row, key
-    assert "## Fine-tuning steps" in table and table.count("| tiny | fp16 | lora | on | 64 | 2 |") == 1
+        assert row["perceptual"] in ("imagenet", "stand-in"), key  # on by default, as in a real fine-tune
+    assert "## Fine-tuning steps (perceptual loss on, VGG16-bn" in table and table.count("| tiny | fp16 | lora | on | 64 | 2 |") == 1
     assert "Goal (DDColor-L, fp16, 512, batch 2, under 6 GiB): not measured in this run." in table
 
 
