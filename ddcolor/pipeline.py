@@ -206,7 +206,7 @@ def _as_dtype(values: Tensor, dtype: torch.dtype) -> Tensor:
 def activation_bytes(model: DDColor | None, size: int, *, element_size: int | None = None) -> int:
     """Working memory one image needs at ``size`` (an upper estimate), beyond the weights: for ``model``
     in its precision, or, with no model at hand, for weights of ``element_size`` bytes (4: fp32)."""
-    element = element_size or model.decoder.last_shuf.conv[0].weight.element_size()
+    element = element_size or model.decoder.compute_dtype.itemsize
     return ACTIVATION_BYTES_PER_PIXEL_PER_BYTE * element * size * size + ACTIVATION_FIXED_BYTES
 
 

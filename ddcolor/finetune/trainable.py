@@ -89,8 +89,8 @@ class TrainableDDColor(DDColor):
             conv.register_buffer("weight_u", weight.new_empty(weight.shape[0]))
             conv.register_buffer("weight_v", weight.new_empty(weight[0].numel()))
             conv.weight = None  # a plain attribute while the conv runs: see form_spectral_weight
-            conv.register_forward_pre_hook(lambda conv, args: form_spectral_weight(conv))
-            conv.register_forward_hook(lambda conv, args, out: setattr(conv, "weight", None))
+            conv.register_forward_pre_hook(_form_before_forward)
+            conv.register_forward_hook(_drop_after_forward, always_call=True)  # also when the conv raises
         # Tensors of the source checkpoint the network does not use, saved back as they came.
         self.passthrough: dict[str, Tensor] = {}
         self.fp32_units: list[str] = []  # see compute_in_fp32
@@ -114,7 +114,8 @@ class TrainableDDColor(DDColor):
         for name in self.spectral:
             conv = self.get_submodule(name)
             if conv.training:
-                _power_iteration(conv.weight_orig.detach().flatten(1), conv.weight_u, conv.weight_v)
+                with autocast_off(conv.weight_orig.device):  # in FP32 inside a training forward's autocast
+                    _power_iteration(conv.weight_orig.detach().flatten(1), conv.weight_u, conv.weight_v)
             # Copies: the next iteration updates the buffers in place, and autograd keeps these.
             conv.sigma_vectors = (conv.weight_u.clone(), conv.weight_v.clone())
 
@@ -132,6 +133,14 @@ def form_spectral_weight(conv: nn.Module) -> None:
     same values each time within a forward, so a recomputed block saves what the forward saved."""
     with autocast_off(conv.weight_orig.device):
         conv.weight = conv.weight_orig / spectral_sigma(conv.weight_orig, *conv.sigma_vectors)
+
+
+def _form_before_forward(conv: nn.Module, args) -> None:
+    form_spectral_weight(conv)
+
+
+def _drop_after_forward(conv: nn.Module, args, out) -> None:
+    conv.weight = None
 
 
 @torch.no_grad()
