@@ -173,7 +173,7 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         self.weight = weight
         self.features = features
-        self.taps = {index: PERCEPTUAL_LAYERS[name] for name, index in vgg_layer_indices().items()}  # in depth order
+        self.taps = {index: PERCEPTUAL_LAYERS[name] for name, index in vgg_layer_indices().items()}
         self.autocast = autocast
         self.checkpointing = checkpointing
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
@@ -182,18 +182,18 @@ class PerceptualLoss(nn.Module):
     def train(self, mode: bool = True) -> "PerceptualLoss":
         return super().train(False)  # frozen ImageNet statistics, whatever the trainer asks
 
-    def layers(self) -> list[tuple[nn.Sequential, bool]]:
-        """VGG split before each conv: (the conv and what follows it up to the next conv, whether the conv is a tap)."""
+    def layers(self) -> list[tuple[nn.Sequential, float | None]]:
+        """VGG split before each conv: (the conv and what follows it up to the next conv, the conv's tap weight or None)."""
         starts = [i for i, module in enumerate(self.features) if isinstance(module, nn.Conv2d)]
-        return [(self.features[start:end], start in self.taps) for start, end in zip(starts, starts[1:] + [len(self.features)])]
+        return [(self.features[start:end], self.taps.get(start)) for start, end in zip(starts, starts[1:] + [len(self.features)])]
 
     def tapped(self, rgb: Tensor) -> list[Tensor]:
         x = (rgb - self.mean) / self.std
         taps = []
         with self.autocast():
-            for layer, is_tap in self.layers():
+            for layer, weight in self.layers():
                 x = layer[0](x)
-                if is_tap:
+                if weight is not None:
                     taps.append(x)
                 x = layer[1:](x)
         return taps
@@ -202,12 +202,11 @@ class PerceptualLoss(nn.Module):
         with torch.no_grad():
             targets = iter(self.tapped(rgb_true))
         x = (rgb - self.mean) / self.std
-        weights = iter(self.taps.values())
         total = 0
-        for layer, is_tap in self.layers():
-            if is_tap:
+        for layer, weight in self.layers():
+            if weight is not None:
                 x, term = checkpointed(self._tapped_layer, layer, x, next(targets), enabled=self.checkpointing)
-                total = total + next(weights) * term
+                total = total + weight * term
             else:
                 x = checkpointed(self._layer, layer, x, enabled=self.checkpointing)
         return self.weight * total

@@ -301,8 +301,7 @@ def trainable_model(
         model = TrainableDDColor(config, spectral)
     load_strictly(model, state, source)
     model.passthrough = passthrough
-    with torch.no_grad():
-        model.eval().iterate_spectral_norms()
+    model.eval().iterate_spectral_norms()  # u and v as loaded, for a conv run outside a model forward
 
     model.requires_grad_(train != "lora")
     model.encoder.arch.norm.requires_grad_(False)  # the classifier-side norm: loaded, never run
